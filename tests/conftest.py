@@ -1,0 +1,250 @@
+"""Run the pack inside a real ComfyUI.
+
+Two ways in, both loading this repository the way ComfyUI loads any custom node pack (a folder in
+`custom_nodes`, imported by ComfyUI's own loader), next to the test-only pack `tests/comfy_test_pack`
+(tiny random models built from ComfyUI's classes; never shipped inside the pack):
+
+- `comfy` (session): ComfyUI booted in this process; graphs go through ComfyUI's own
+  `execution.validate_prompt` and `execution.PromptExecutor`.
+- `comfy_server` (session): the real server, `main.py --cpu`, on a free loopback port with a
+  temporary base directory, stopped by its PID.
+
+The ComfyUI tree is $COMFYUI_DIR when set (run the suite against your own checkout), else the pinned
+0.3.75 fetched by scripts/fetch_comfyui.py into the cache outside the clone.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+TEST_PACK = TESTS / "comfy_test_pack"
+PACK_DIR_NAME = "ComfyUI-DEADiff"
+CACHE = Path(os.environ.get("DEADIFF_CACHE", Path.home() / ".cache" / "comfyui-deadiff"))
+
+
+def comfyui_dir() -> Path:
+    if os.environ.get("COMFYUI_DIR"):
+        path = Path(os.environ["COMFYUI_DIR"]).resolve()
+        if not (path / "comfyui_version.py").is_file():
+            raise pytest.UsageError(f"COMFYUI_DIR={path} is not a ComfyUI checkout (no comfyui_version.py)")
+        return path
+    spec = importlib.util.spec_from_file_location("fetch_comfyui", REPO / "scripts" / "fetch_comfyui.py")
+    fetch_comfyui = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch_comfyui)
+    return Path(fetch_comfyui.fetch(str(CACHE / f"ComfyUI-{fetch_comfyui.COMFYUI_VERSION}")))
+
+
+def make_base_directory(prefix: str) -> Path:
+    """A ComfyUI base directory whose custom_nodes holds this pack and the test pack."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    custom_nodes = base / "custom_nodes"
+    custom_nodes.mkdir()
+    (custom_nodes / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    (custom_nodes / "deadiff_test_pack").symlink_to(TEST_PACK, target_is_directory=True)
+    for sub in ("models/deadiff", "models/loras", "models/checkpoints", "input", "output"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+class MessageSink:
+    """Stands where ComfyUI's PromptServer receives executor messages (no websocket in-process)."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.sockets_metadata = {}
+        self.messages: list[tuple[str, object]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+class GraphError(AssertionError):
+    """A graph that ComfyUI refused to validate or failed to execute, with ComfyUI's own message."""
+
+    def __init__(self, message: str, details=None):
+        super().__init__(message)
+        self.details = details
+
+
+class InProcessComfy:
+    """ComfyUI booted in this process; `run` executes an API-format prompt through the real executor."""
+
+    def __init__(self, root: Path, base: Path):
+        self.root = root
+        self.base = base
+        sys.path.insert(0, str(root))
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)
+        from comfy.cli_args import args
+
+        # before anything imports comfy.model_management or folder_paths
+        args.cpu = True
+        args.base_directory = str(base)
+        args.disable_auto_launch = True
+        import folder_paths  # noqa: F401  (reads args.base_directory at import)
+        import utils.extra_config  # noqa: F401  (as main.py does: before nodes.py puts comfy/ first on sys.path)
+        import execution
+        import nodes
+
+        self.nodes = nodes
+        self.execution = execution
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        for required in ("DEADiffApply", "DEADiffTest_TinySD15"):
+            if required not in nodes.NODE_CLASS_MAPPINGS:
+                raise RuntimeError(f"ComfyUI did not load the node {required}; see the log above")
+        self.last_sink: MessageSink | None = None
+
+    def module(self, node_id: str):
+        """The module object ComfyUI loaded for a node (never a second import of it)."""
+        return sys.modules[self.nodes.NODE_CLASS_MAPPINGS[node_id].__module__]
+
+    @property
+    def pack(self):
+        return self.module("DEADiffApply")
+
+    def validate(self, prompt: dict):
+        return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run(self, prompt: dict) -> dict:
+        """Validate and execute `prompt`; return {node_id: (output 0, output 1, ...)} for executed nodes.
+
+        ComfyUI keeps each output as a list (one item per list-mapped call); this returns the first
+        item of each, which is the whole value for ordinary nodes."""
+        prompt = json.loads(json.dumps(prompt))  # API prompts are JSON; catch non-JSON values early
+        valid = self.validate(prompt)
+        if not valid[0]:
+            raise GraphError(f"ComfyUI refused the prompt: {valid[1]} {valid[3]}", valid)
+        sink = MessageSink()
+        executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        executor.execute(prompt, str(uuid.uuid4()), extra_data={}, execute_outputs=valid[2])
+        self.last_sink = sink
+        errors = [data for event, data in sink.messages if event == "execution_error"]
+        if errors or not executor.success:
+            err = errors[0] if errors else {}
+            raise GraphError(
+                f"{err.get('node_type')} failed: {err.get('exception_type')}: {err.get('exception_message')}", err
+            )
+        results = {}
+        for node_id in prompt:
+            entry = executor.caches.outputs.get(node_id)
+            if entry is not None:
+                results[node_id] = tuple(out[0] if out else None for out in entry.outputs)
+        return results
+
+
+@pytest.fixture(scope="session")
+def comfy() -> InProcessComfy:
+    base = make_base_directory("deadiff-comfy-")
+    instance = InProcessComfy(comfyui_dir(), base)
+    yield instance
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """The real ComfyUI server in a subprocess; small JSON helpers over its HTTP API."""
+
+    def __init__(self, root: Path, base: Path):
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "server.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(base), "--disable-auto-launch", "--dont-print-server"]
+        self.process = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"ComfyUI server did not answer within 180 s:\n{self.log()}")
+                time.sleep(0.5)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body else None
+        except urllib.error.HTTPError as e:
+            raise GraphError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}") from e
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queue `prompt` and wait for its history entry; raises GraphError on a failed run."""
+        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "deadiff-tests"})["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") != "success":
+                    raise GraphError(f"prompt failed: {entry['status']}", entry)
+                return entry
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log()}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    base = make_base_directory("deadiff-server-")
+    server = ComfyServer(comfyui_dir(), base)
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_comfy_logs(caplog):
+    caplog.set_level(logging.WARNING)
+    yield
