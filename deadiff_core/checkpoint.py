@@ -1,0 +1,299 @@
+"""Read a DEADiff file safely and keep only what DEADiff adds to SD1.5.
+
+Accepted: the official Lightning `deadiff_v1.ckpt`, a `.safetensors` of its state_dict, and our
+compact `.safetensors` (the same official key names, DEADiff parts only, vision tower once).
+A `.ckpt` is a pickle: it is read with torch's weights-only unpickler, memory-mapped, and if the
+Lightning extras hold classes that unpickler refuses, with a stricter one of ours that turns every
+non-tensor class into an inert placeholder. No code from the file ever runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from typing import Iterable
+
+import torch
+from safetensors import safe_open
+
+from .config import DEADiffConfig, count_layers, infer_config
+from .errors import DEADiffCheckpointError
+from .routing import BRANCHES, SITES
+
+COMPACT_FORMAT = "deadiff-compact"
+COMPACT_VERSION = "1"
+
+
+# ------------------------------------------------------------------ which keys DEADiff adds
+
+def _branch_keep(key: str, branch: str) -> bool:
+    blip = f"{branch}_blip."
+    if key.startswith(f"{branch}_proj_layer."):
+        return True
+    if not key.startswith(blip):
+        return False
+    rest = key[len(blip):]
+    if rest.endswith("position_ids"):
+        return False
+    return rest == "query_tokens" or rest.startswith(("Qformer.bert.", "visual_encoder.", "ln_vision."))
+
+
+SITE_KEYS = tuple(s.checkpoint_prefix + f"{p}.weight" for s in SITES for p in ("i_to_k", "i_to_v"))
+
+
+def is_kept(key: str) -> bool:
+    return key in SITE_KEYS or any(_branch_keep(key, b) for b in BRANCHES)
+
+
+def is_vision(key: str) -> bool:
+    return ".visual_encoder." in key or ".ln_vision." in key
+
+
+def expected_shapes(c: DEADiffConfig) -> dict:
+    """Every kept key and its shape, from the inferred dims: a mis-shaped tensor is named exactly."""
+    shapes = {}
+    for branch in BRANCHES:
+        b = f"{branch}_blip."
+        if branch == "style" or not c.shared_vision:
+            v = b + "visual_encoder."
+            w = c.vision_width
+            shapes.update({v + "conv1.weight": (w, 3, c.patch_size, c.patch_size), v + "class_embedding": (w,),
+                           v + "positional_embedding": (c.num_positions, w), v + "ln_pre.weight": (w,),
+                           v + "ln_pre.bias": (w,), b + "ln_vision.weight": (w,), b + "ln_vision.bias": (w,)})
+            for i in range(c.vision_layers):
+                r = f"{v}transformer.resblocks.{i}."
+                shapes.update({r + "attn.in_proj_weight": (3 * w, w), r + "attn.in_proj_bias": (3 * w,),
+                               r + "attn.out_proj.weight": (w, w), r + "attn.out_proj.bias": (w,),
+                               r + "mlp.c_fc.weight": (4 * w, w), r + "mlp.c_fc.bias": (4 * w,),
+                               r + "mlp.c_proj.weight": (w, 4 * w), r + "mlp.c_proj.bias": (w,)})
+                for n in ("ln_1", "ln_2"):
+                    shapes.update({r + n + ".weight": (w,), r + n + ".bias": (w,)})
+        h, f, e = c.qformer_hidden, c.qformer_intermediate, c.encoder_hidden
+        q = b + "Qformer.bert."
+        shapes.update({b + "query_tokens": (1, c.num_query_tokens, h),
+                       q + "embeddings.word_embeddings.weight": (c.vocab_size, h),
+                       q + "embeddings.position_embeddings.weight": (c.max_positions, h),
+                       q + "embeddings.LayerNorm.weight": (h,), q + "embeddings.LayerNorm.bias": (h,)})
+        for i in range(c.qformer_layers):
+            layer = f"{q}encoder.layer.{i}."
+            for att, kv in (("attention", h), ("crossattention", e)):
+                a = layer + att + "."
+                shapes.update({a + "self.query.weight": (h, h), a + "self.query.bias": (h,),
+                               a + "self.key.weight": (h, kv), a + "self.key.bias": (h,),
+                               a + "self.value.weight": (h, kv), a + "self.value.bias": (h,),
+                               a + "output.dense.weight": (h, h), a + "output.dense.bias": (h,),
+                               a + "output.LayerNorm.weight": (h,), a + "output.LayerNorm.bias": (h,)})
+            for suffix in ("", "_query"):
+                shapes.update({layer + f"intermediate{suffix}.dense.weight": (f, h),
+                               layer + f"intermediate{suffix}.dense.bias": (f,),
+                               layer + f"output{suffix}.dense.weight": (h, f), layer + f"output{suffix}.dense.bias": (h,),
+                               layer + f"output{suffix}.LayerNorm.weight": (h,),
+                               layer + f"output{suffix}.LayerNorm.bias": (h,)})
+        p = f"{branch}_proj_layer."
+        shapes.update({p + "dense1.weight": (c.proj_intermediate, h), p + "dense1.bias": (c.proj_intermediate,),
+                       p + "dense2.weight": (h, c.proj_intermediate), p + "dense2.bias": (h,),
+                       p + "LayerNorm.weight": (h,), p + "LayerNorm.bias": (h,)})
+    for s in SITES:
+        for p in ("i_to_k", "i_to_v"):
+            shapes[s.checkpoint_prefix + f"{p}.weight"] = (c.site_widths[s.name], c.context_dim)
+    return shapes
+
+
+# ------------------------------------------------------------------ reading files
+
+class _Inert:
+    """Stands for any class a checkpoint's pickle names besides tensors: built from nothing, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+_TENSOR_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"),
+    ("torch", "Size"), ("torch", "device"),
+}
+
+
+class _StrictUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _TENSOR_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and (name.endswith("Storage") or name in ("float16", "float32", "bfloat16", "int64")):
+            return super().find_class(module, name)
+        return _Inert
+
+
+class _StrictPickleModule:
+    """A pickle module for torch.load whose Unpickler never builds anything but tensors and dicts."""
+    Unpickler = _StrictUnpickler
+    load = pickle.load
+    __name__ = "deadiff_strict_pickle"
+
+
+def _load_pickle(path: str):
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise
+    # Lightning extras (hyper_parameters, callbacks...) may name classes the weights-only loader refuses
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False, pickle_module=_StrictPickleModule)
+
+
+class _SafetensorsMapping:
+    """Tensors of a .safetensors file, read one at a time on demand."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._keys = list(handle.keys())
+
+    def keys(self):
+        return self._keys
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def __getitem__(self, key):
+        return self._handle.get_tensor(key)
+
+
+def _looks_like_pickle(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80"  # a pickle protocol marker (torch's legacy format)
+
+
+def open_tensors(path: str):
+    """(mapping of tensors, safetensors metadata or {}), or a DEADiffCheckpointError saying why not."""
+    if not os.path.isfile(path):
+        raise DEADiffCheckpointError(path, "no such file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DEADiffCheckpointError(path, "the file is empty (0 bytes); download it again")
+    if path.lower().endswith((".safetensors", ".sft")):
+        try:
+            handle = safe_open(path, framework="pt", device="cpu")
+            return _SafetensorsMapping(handle), handle.metadata() or {}
+        except Exception as e:
+            raise DEADiffCheckpointError(
+                path, f"not a readable .safetensors file; it is truncated or corrupt ({e}); download it again") from e
+    if not zipfile.is_zipfile(path) and not _looks_like_pickle(path):
+        raise DEADiffCheckpointError(
+            path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
+                  "corrupt or a different kind of file; download deadiff_v1.ckpt again")
+    try:
+        data = _load_pickle(path)
+    except Exception as e:
+        raise DEADiffCheckpointError(
+            path, f"could not be read as a checkpoint; it is truncated or corrupt ({type(e).__name__}: {e}); "
+                  "download it again") from e
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise DEADiffCheckpointError(path, f"holds a {type(data).__name__}, not a state_dict of tensors")
+    return data, {}
+
+
+# ------------------------------------------------------------------ what the file is
+
+def _describe_foreign(path: str, keys: Iterable[str]) -> str | None:
+    keys = list(keys)
+    top = {k.split(".", 1)[0] for k in keys}
+    if {"image_proj", "ip_adapter"} & top:
+        return ("looks like an IP-Adapter model (image_proj / ip_adapter weights), not DEADiff. Use it with "
+                "the IP-Adapter nodes; Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)")
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys) \
+            and not any(k.startswith(("style_blip.", "content_blip.")) for k in keys):
+        return ("looks like a Stable Diffusion checkpoint (UNet, VAE and text encoder, no DEADiff Q-Formers): put it "
+                "in models/checkpoints and load it with Load Checkpoint; Load DEADiff Model needs deadiff_v1.ckpt "
+                "(Hugging Face qth/DEADiff) in models/deadiff")
+    if not any(k.startswith(("style_blip.", "content_blip.")) for k in keys):
+        shown = ", ".join(sorted(keys)[:3]) or "no tensors at all"
+        return (f"is not a DEADiff model: it has none of DEADiff's keys (style_blip.*, content_blip.*, "
+                f"*_proj_layer.*, attn2.i_to_k/i_to_v); it starts with {shown}")
+    return None
+
+
+def read_deadiff_tensors(path: str) -> tuple[dict, DEADiffConfig, dict]:
+    """The kept tensors under their official names (vision tower once when both copies are equal),
+    the inferred config, and the file's metadata."""
+    path = str(path)
+    mapping, metadata = open_tensors(path)
+    keys = list(mapping.keys())
+    foreign = _describe_foreign(path, keys)
+    if foreign:
+        raise DEADiffCheckpointError(path, foreign)
+    compact = metadata.get("format") == COMPACT_FORMAT
+    kept_keys = [k for k in keys if is_kept(k)]
+    content_vision = [k for k in kept_keys if k.startswith("content_blip.") and is_vision(k)]
+    style_vision = [k for k in kept_keys if k.startswith("style_blip.") and is_vision(k)]
+    if not style_vision:
+        raise DEADiffCheckpointError(path, "has no vision tower (style_blip.visual_encoder.*): the file is incomplete")
+    shared = compact and not content_vision
+    try:
+        tensors = {}
+        for k in kept_keys:
+            if k in content_vision:
+                continue
+            tensors[k] = mapping[k]
+        if content_vision and not shared:
+            twin = {k: mapping[k] for k in content_vision}
+            same = set(twin) == {k.replace("style_blip.", "content_blip.", 1) for k in style_vision} and all(
+                torch.equal(v, tensors[k.replace("content_blip.", "style_blip.", 1)]) for k, v in twin.items())
+            shared = same
+            if not same:
+                tensors.update(twin)
+    except DEADiffCheckpointError:
+        raise
+    except Exception as e:
+        raise DEADiffCheckpointError(path, f"a tensor could not be read; the file is truncated or corrupt ({e})") from e
+    if not compact and not content_vision:
+        shared = True  # a file without the second copy: both branches use the one tower
+    try:
+        config = infer_config({k: tuple(v.shape) for k, v in tensors.items()}, shared_vision=shared)
+    except KeyError as e:
+        raise DEADiffCheckpointError(path, f"is missing {e.args[0]}: the file is incomplete or not deadiff_v1") from e
+    expected = expected_shapes(config)
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        raise DEADiffCheckpointError(
+            path, f"is missing {len(missing)} DEADiff tensors, e.g. {', '.join(missing[:5])}; the file is "
+                  "incomplete or from another model")
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape) != shape:
+            raise DEADiffCheckpointError(
+                path, f"tensor {k} has shape {list(tensors[k].shape)} but {list(shape)} was expected from the "
+                      "file's other tensors")
+    for k, v in tensors.items():
+        if not v.is_floating_point():
+            raise DEADiffCheckpointError(path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point")
+    bad = next((k for k, v in tensors.items() if not torch.isfinite(v).all()), None)
+    if bad:
+        raise DEADiffCheckpointError(path, f"tensor {bad} contains NaN or Inf values; the file is corrupt")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise DEADiffCheckpointError(path, f"has unexpected DEADiff tensors, e.g. {', '.join(extra[:5])}")
+    return tensors, config, metadata
+
+
+def compact_metadata(config: DEADiffConfig, source_name: str, source_sha256: str) -> dict:
+    return {"format": COMPACT_FORMAT, "format_version": COMPACT_VERSION, "source_file": source_name,
+            "source_sha256": source_sha256, "dims": json.dumps(config.as_metadata(), sort_keys=True)}
+
+
+__all__ = ["read_deadiff_tensors", "expected_shapes", "compact_metadata", "open_tensors", "count_layers",
+           "COMPACT_FORMAT", "COMPACT_VERSION", "SITE_KEYS"]

@@ -1,0 +1,98 @@
+"""DEADiffModel: the encoders (image -> style / content tokens) and the per-site projections.
+
+Modules are built on the meta device and the file's tensors are assigned into them, so no memory is
+spent on random initial weights: loading costs about what we keep.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .checkpoint import read_deadiff_tensors
+from .config import DEADiffConfig
+from .errors import DEADiffCheckpointError
+from .preprocess import preprocess
+from .projection import ProjLayer, SiteProjections
+from .qformer import TEXT_IDS, QFormer
+from .routing import BRANCHES
+from .vision_tower import VisionTower
+
+
+class DualEncoder(nn.Module):
+    """Dual decoupling representation: one image, two Q-Formers, 16 style and 16 content tokens."""
+
+    def __init__(self, c: DEADiffConfig):
+        super().__init__()
+        self.config = c
+        towers = ["shared"] if c.shared_vision else list(BRANCHES)
+        self.vision = nn.ModuleDict({name: VisionTower(c) for name in towers})
+        self.qformers = nn.ModuleDict({b: QFormer(c, b) for b in BRANCHES})
+        self.projs = nn.ModuleDict({b: ProjLayer(c.qformer_hidden, c.proj_intermediate) for b in BRANCHES})
+
+    def tower(self, branch: str) -> VisionTower:
+        return self.vision["shared"] if "shared" in self.vision else self.vision[branch]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, branch: str) -> torch.Tensor:
+        """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`."""
+        if branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        param = next(self.parameters())
+        pixels = preprocess(images.to(param.device), self.config.image_size).to(param.dtype)
+        image_tokens = self.tower(branch)(pixels)
+        return self.projs[branch](self.qformers[branch](image_tokens))
+
+    def load_official(self, tensors: dict) -> None:
+        for name, tower in self.vision.items():
+            tower.load_official(tensors, "style_blip." if name in ("shared", "style") else "content_blip.")
+        for branch in BRANCHES:
+            self.qformers[branch].load_official(tensors, f"{branch}_blip.")
+            p = f"{branch}_proj_layer."
+            self.projs[branch].load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)},
+                                               strict=True, assign=True)
+
+
+class DEADiffModel(nn.Module):
+    def __init__(self, config: DEADiffConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = DualEncoder(config)
+        self.injection = SiteProjections(config)
+
+
+def _materialize_buffers(model: nn.Module) -> None:
+    """Non-persistent buffers are not in the file; rebuild the ones left on the meta device."""
+    for module_name, module in model.named_modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if not buf.is_meta:
+                continue
+            if name == "position_ids":
+                value = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+            elif name == "text_ids":
+                branch = module_name.rsplit(".", 1)[-1]
+                value = torch.tensor([TEXT_IDS[branch]])
+            else:
+                raise RuntimeError(f"cannot rebuild buffer {module_name}.{name} (new transformers version?)")
+            module.register_buffer(name, value, persistent=False)
+
+
+def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32) -> DEADiffModel:
+    tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    with torch.device("meta"):
+        model = DEADiffModel(config)
+    model.encoder.load_official(tensors)
+    model.injection.load_official(tensors)
+    _materialize_buffers(model)
+    leftover = [n for n, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise RuntimeError(f"parameters not loaded: {leftover[:5]}")
+    return model.eval().requires_grad_(False)
+
+
+def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
+    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
+    tensors, config, _ = read_deadiff_tensors(str(path))
+    try:
+        return build_model(tensors, config, dtype)
+    except RuntimeError as e:
+        raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
