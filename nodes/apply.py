@@ -1,0 +1,100 @@
+"""Apply Disentangled Conditioning: style tokens to the fine layers, content tokens to the coarse ones."""
+from __future__ import annotations
+
+from ..deadiff_core.routing import CONTENT, SITES, STYLE
+from .attention_patch import DEADiffSitePatch, Injection
+from .compatibility import check_model
+from .loader import CATEGORY
+
+
+def _weight_input(branch: str):
+    return ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05,
+                      "tooltip": f"Strength of the {branch} tokens (scales their keys and values, the official "
+                                 "img_weight). 1.0 is the official default; 0.5-1.2 is the useful range. Equal "
+                                 "style and content weights w reproduce the official img_weight = w."})
+
+
+def _existing_patch(model_options: dict, site):
+    """Whatever attn2 replace patch already sits on this site, under either key ComfyUI looks up."""
+    replace = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    return replace.get(site.comfy_block + (0,)) or replace.get(site.comfy_block)
+
+
+def _check_tokens(tokens, branch: str, deadiff):
+    if tokens is None:
+        return None
+    if tokens.branch != branch:
+        raise ValueError(f"The {branch} input got {tokens.branch} tokens: connect the DEADiff "
+                         f"{branch.capitalize()} Encoder to it.")
+    if tokens.width != deadiff.config.context_dim:
+        raise ValueError(f"These {branch} tokens are {tokens.width} wide but {deadiff.name} expects "
+                         f"{deadiff.config.context_dim}: encode the reference with the same DEADiff file.")
+    return tokens.joined()
+
+
+class DEADiffApply:
+    DESCRIPTION = (
+        "Patches the MODEL's cross-attention with DEADiff's disentangled conditioning: style tokens are "
+        "added to the 11 fine (high-resolution) layers, content tokens to the 5 coarse ones, next to the "
+        "prompt's tokens. Leave content unconnected for the official style transfer. The input MODEL is "
+        "not changed; chain several Apply nodes to combine references (e.g. with masks).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The MODEL with DEADiff's attention patch; sample it with your own prompt.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "An SD1.5 MODEL (your checkpoint, after any LoRA)."}),
+                "deadiff": ("DEADIFF", {"tooltip": "From Load DEADiff Model."}),
+                "style_weight": _weight_input(STYLE),
+                "content_weight": _weight_input(CONTENT),
+                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Fraction of the sampling schedule at which the tokens start to act "
+                                                  "(0 = from the first step, official)."}),
+                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "Fraction of the schedule after which they stop (1 = until the end, "
+                                                "official). Ending early keeps more of the prompt's own look."}),
+            },
+            "optional": {
+                "style": ("DEADIFF_STYLE", {"tooltip": "From DEADiff Style Encoder. Unconnected: the style layers get "
+                                                       "16 zero tokens, as the official 'content' mode."}),
+                "content": ("DEADIFF_CONTENT", {"tooltip": "From DEADiff Content Encoder. Unconnected: the content "
+                                                           "layers get 16 zero tokens, as the official 'style' mode."}),
+                "attn_mask": ("MASK", {"tooltip": "Where the reference acts (1) and where the image follows the prompt "
+                                                  "alone (0). Any size; one mask or one per latent."}),
+            },
+        }
+
+    def apply(self, model, deadiff, style_weight, content_weight, start_at, end_at,
+              style=None, content=None, attn_mask=None):
+        if start_at > end_at:
+            raise ValueError(f"start_at ({start_at}) is after end_at ({end_at}): the tokens would never act. "
+                             "Set start_at <= end_at.")
+        check_model(model, deadiff)
+        sampling = model.get_model_object("model_sampling")
+        injection = Injection(
+            deadiff,
+            tokens={STYLE: _check_tokens(style, STYLE, deadiff), CONTENT: _check_tokens(content, CONTENT, deadiff)},
+            weights={STYLE: float(style_weight), CONTENT: float(content_weight)},
+            sigma_start=float(sampling.percent_to_sigma(start_at)),
+            sigma_end=float(sampling.percent_to_sigma(end_at)),
+            mask=None if attn_mask is None else (attn_mask if attn_mask.ndim == 3 else attn_mask.unsqueeze(0)),
+        )
+        patched = model.clone()
+        for site in SITES:
+            existing = _existing_patch(patched.model_options, site)
+            if existing is None:
+                patch = DEADiffSitePatch(site, (injection,))
+            elif isinstance(existing, DEADiffSitePatch):
+                patch = existing.with_injection(injection)
+            else:
+                owner = f"{type(existing).__module__}.{type(existing).__qualname__}"
+                raise ValueError(
+                    f"The MODEL already has another node pack's cross-attention replacement at {site.comfy_block} "
+                    f"({owner}); DEADiff replaces the same attention and cannot combine with it. Apply DEADiff "
+                    "to the MODEL before that node, or use only one of them.")
+            patched.set_model_attn2_replace(patch, site.comfy_block[0], site.comfy_block[1], 0)
+        return (patched,)

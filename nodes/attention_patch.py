@@ -1,0 +1,174 @@
+"""DEADiff's disentangled conditioning as ComfyUI attn2 replace patches, one per site.
+
+ComfyUI calls a replace patch with q, k, v already projected by the site's own to_q/to_k/to_v and
+applies to_out afterwards; the patch only has to attend. Ours appends the image keys/values of every
+Apply node in the chain (text first, then each injection's tokens) and runs ONE softmax through
+ComfyUI's optimized attention.
+
+Patches are immutable once registered: newer ComfyUI versions share patch objects between model
+clones, and `deepcopy` returns the same object. What they cache (image K/V per device and dtype,
+assembled batches, resized masks) is derived data that any clone may reuse.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from comfy.ldm.modules.attention import optimized_attention, optimized_attention_masked
+
+from ..deadiff_core.attention import disentangled_attention, image_key_bias, image_keys_values
+from ..deadiff_core.routing import Site
+
+_CACHE_LIMIT = 32
+_NO_WINDOW_START = 999999999.0
+
+
+class Injection:
+    """One Apply node's contribution at every site: tokens per branch, weights, window, mask."""
+
+    def __init__(self, deadiff, tokens: dict, weights: dict, sigma_start: float, sigma_end: float,
+                 mask: Optional[torch.Tensor]):
+        self.deadiff = deadiff
+        self.tokens = tokens            # branch -> (1, N, width) tensor, or None: zero tokens
+        self.weights = weights          # branch -> float
+        self.sigma_start = sigma_start  # active while sigma_end <= sigma <= sigma_start
+        self.sigma_end = sigma_end
+        self.mask = mask                # (masks, H, W) in 0..1, or None
+        self.windowed = sigma_start < _NO_WINDOW_START or sigma_end > 0.0
+        self._kv = {}
+        self._sigmas_seen = None
+        self._active_now = True
+
+    def token_count(self, site: Site) -> int:
+        tokens = self.tokens.get(site.branch)
+        return self.deadiff.config.num_query_tokens if tokens is None else tokens.shape[1]
+
+    def active(self, sigmas: torch.Tensor) -> bool:
+        """Inside the start/end window? One host read per sampling step (the same `sigmas` tensor
+        reaches all 16 sites), and none at all without a window."""
+        if not self.windowed:
+            return True
+        if sigmas is not self._sigmas_seen:
+            self._sigmas_seen = sigmas
+            sigma = float(sigmas.max())
+            self._active_now = self.sigma_end <= sigma <= self.sigma_start
+        return self._active_now
+
+    def cond_kv(self, site: Site, device: torch.device, dtype: torch.dtype):
+        """(1, N, width) keys and values of this injection's tokens at `site`, computed once."""
+        key = (site.name, device, dtype)
+        if key not in self._kv:
+            tokens = self.tokens.get(site.branch)
+            i_to_k, i_to_v = self.deadiff.model.injection.projections(site.name)
+            if tokens is None:  # unused branch: zero tokens, and bias-free projections of zeros are zeros
+                shape = (1, self.token_count(site), i_to_k.shape[0])
+                k = v = torch.zeros(shape, device=device, dtype=dtype)
+            else:
+                k, v = image_keys_values(tokens.to(device=device, dtype=dtype), i_to_k, i_to_v,
+                                         self.weights[site.branch])
+            self._kv[key] = (k, v)
+        return self._kv[key]
+
+    def drop_cache_except(self, device: torch.device) -> None:
+        self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+
+    def query_mask(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
+        """The mask resized to one site's grid, (masks, height * width)."""
+        key = ("mask", height, width, device, dtype)
+        if key not in self._kv:
+            mask = self.mask.to(device=device, dtype=torch.float32).unsqueeze(1)
+            mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+            self._kv[key] = mask.flatten(1).clamp(0.0, 1.0).to(dtype)
+        return self._kv[key]
+
+
+class DEADiffSitePatch:
+    """The attn2 replace patch of one site; holds every injection of the model chain, in order."""
+
+    def __init__(self, site: Site, injections: tuple):
+        self.site = site
+        self.injections = tuple(injections)
+        self._assembled = {}
+
+    def with_injection(self, injection: Injection) -> "DEADiffSitePatch":
+        return DEADiffSitePatch(self.site, self.injections + (injection,))
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        """ComfyUI moves patches with the model; cached tensors on other devices are released."""
+        if isinstance(device_or_dtype, torch.device):
+            for injection in self.injections:
+                injection.drop_cache_except(device_or_dtype)
+            self._assembled = {k: v for k, v in self._assembled.items() if k[-2] == device_or_dtype}
+        return self
+
+    def models(self) -> list:
+        """The per-site projections load and offload with the UNet."""
+        patchers = []
+        for injection in self.injections:
+            if injection.deadiff.injection_patcher not in patchers:
+                patchers.append(injection.deadiff.injection_patcher)
+        return patchers
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        kwargs = {"attn_precision": extra_options.get("attn_precision"), "transformer_options": extra_options}
+        sigmas = extra_options.get("sigmas")
+        active = tuple(i for i, inj in enumerate(self.injections) if sigmas is None or inj.active(sigmas))
+        if not active:
+            return optimized_attention(q, k, v, heads, **kwargs)
+        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
+        k_image, v_image = self._image_kv(active, cond_or_uncond, q)
+        mask = self._mask_bias(active, cond_or_uncond, extra_options, k.shape[1], q)
+        attention = optimized_attention if mask is None else optimized_attention_masked
+        return disentangled_attention(q, k, v, k_image, v_image, heads, mask=mask, attention=attention, **kwargs)
+
+    def _remember(self, key, value):
+        if len(self._assembled) >= _CACHE_LIMIT:
+            self._assembled.clear()
+        self._assembled[key] = value
+        return value
+
+    def _image_kv(self, active, cond_or_uncond, q):
+        """Image K/V for the whole batch: each chunk gets its injection tokens when it is a cond
+        chunk (0) and as many zero tokens when it is the unconditional one (1)."""
+        key = ("kv", active, cond_or_uncond, q.shape[0], q.device, q.dtype)
+        if key in self._assembled:
+            return self._assembled[key]
+        chunk = q.shape[0] // len(cond_or_uncond)
+        keys, values = [], []
+        for index in active:
+            k_cond, v_cond = self.injections[index].cond_kv(self.site, q.device, q.dtype)
+            zeros = torch.zeros_like(k_cond)
+            keys.append(torch.cat([(k_cond if c == 0 else zeros).expand(chunk, -1, -1) for c in cond_or_uncond]))
+            values.append(torch.cat([(v_cond if c == 0 else zeros).expand(chunk, -1, -1) for c in cond_or_uncond]))
+        return self._remember(key, (torch.cat(keys, dim=1), torch.cat(values, dim=1)))
+
+    def _mask_bias(self, active, cond_or_uncond, extra_options, text_tokens, q):
+        """Additive bias keeping each masked injection's tokens (cond and zero alike) inside its mask."""
+        if all(self.injections[i].mask is None for i in active):
+            return None
+        _, _, height, width = extra_options["activations_shape"]
+        key = ("mask", active, cond_or_uncond, q.shape[0], height, width, text_tokens, q.device, q.dtype)
+        if key in self._assembled:
+            return self._assembled[key]
+        chunk = q.shape[0] // len(cond_or_uncond)
+        columns = []
+        for index in active:
+            injection = self.injections[index]
+            count = injection.token_count(self.site)
+            if injection.mask is None:
+                columns.append(torch.ones(q.shape[0], height * width, count, device=q.device, dtype=q.dtype))
+                continue
+            mask = injection.query_mask(height, width, q.device, q.dtype)
+            if mask.shape[0] not in (1, chunk):
+                raise ValueError(
+                    f"DEADiff attn_mask has {mask.shape[0]} masks but the latent batch has {chunk} images: "
+                    "give one mask for all images or one per image.")
+            mask = mask.expand(chunk, -1).repeat(len(cond_or_uncond), 1)
+            columns.append(mask.unsqueeze(-1).expand(-1, -1, count))
+        return self._remember(key, image_key_bias(torch.cat(columns, dim=-1), text_tokens))
