@@ -138,7 +138,7 @@ class InProcessComfy:
         executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
         executor.execute(prompt, str(uuid.uuid4()), extra_data={}, execute_outputs=valid[2])
         self.last_sink = sink
-        errors = [data for event, data in sink.messages if event == "execution_error"]
+        errors = [data for event, data in executor.status_messages if event == "execution_error"]
         if errors or not executor.success:
             err = errors[0] if errors else {}
             raise GraphError(
