@@ -171,10 +171,9 @@ class _SafetensorsMapping:
         return self._handle.get_tensor(key)
 
 
-def _looks_like_pickle(path: str) -> bool:
+def _file_head(path: str) -> bytes:
     with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:1] == b"\x80"  # a pickle protocol marker (torch's legacy format)
+        return f.read(4)
 
 
 def open_tensors(path: str):
@@ -191,7 +190,12 @@ def open_tensors(path: str):
         except Exception as e:
             raise DEADiffCheckpointError(
                 path, f"not a readable .safetensors file; it is truncated or corrupt ({e}); download it again") from e
-    if not zipfile.is_zipfile(path) and not _looks_like_pickle(path):
+    head = _file_head(path)
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise DEADiffCheckpointError(
+            path, "is a zip archive (as torch checkpoints are) that is truncated or corrupt: its directory is "
+                  "missing; the download was probably interrupted, download it again")
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # \x80: a pickle (torch's legacy format)
         raise DEADiffCheckpointError(
             path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
                   "corrupt or a different kind of file; download deadiff_v1.ckpt again")

@@ -1,0 +1,119 @@
+"""SPEC §2 written out in plain torch from the raw official keys: no transformers, no pack code.
+
+The encoders are compared against this, so it is kept as literal as possible: one function per
+step of the spec, loops instead of cleverness.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+TEXT = {"style": [101, 2806, 102], "content": [101, 4180, 102]}
+
+
+def pixels(images, size):
+    """RGB (gray repeated, alpha dropped), squash to size x size, bicubic antialiased, 0..1, CLIP-normalized."""
+    x = images.float()
+    if x.shape[-1] == 1:
+        x = torch.cat([x, x, x], dim=-1)
+    x = x[..., :3].permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+    return (x - MEAN) / STD
+
+
+def attention(q, k, v, heads):
+    b, n, c = q.shape
+    d = c // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.view(b, v.shape[1], heads, d).transpose(1, 2)
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v
+    return a.transpose(1, 2).reshape(b, n, c)
+
+
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def vision(sd, prefix, px):
+    """LAVIS CLIP ViT: conv patches, class token, positions, ln_pre, pre-LN blocks, then ln_vision."""
+    g = lambda name: sd[prefix + name].float()  # noqa: E731
+    v = "visual_encoder."
+    w = g(v + "conv1.weight")
+    x = F.conv2d(px, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    cls = g(v + "class_embedding").expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], 1) + g(v + "positional_embedding")
+    width = x.shape[-1]
+    x = F.layer_norm(x, (width,), g(v + "ln_pre.weight"), g(v + "ln_pre.bias"), 1e-5)
+    i = 0
+    while prefix + f"{v}transformer.resblocks.{i}.ln_1.weight" in sd:
+        r = f"{v}transformer.resblocks.{i}."
+        h = F.layer_norm(x, (width,), g(r + "ln_1.weight"), g(r + "ln_1.bias"), 1e-5)
+        qkv = h @ g(r + "attn.in_proj_weight").T + g(r + "attn.in_proj_bias")
+        q, k, vv = qkv.split(width, dim=-1)
+        a = attention(q, k, vv, width // 64)
+        x = x + a @ g(r + "attn.out_proj.weight").T + g(r + "attn.out_proj.bias")
+        h = F.layer_norm(x, (width,), g(r + "ln_2.weight"), g(r + "ln_2.bias"), 1e-5)
+        h = quick_gelu(h @ g(r + "mlp.c_fc.weight").T + g(r + "mlp.c_fc.bias"))
+        x = x + h @ g(r + "mlp.c_proj.weight").T + g(r + "mlp.c_proj.bias")
+        i += 1
+    return F.layer_norm(x, (width,), g("ln_vision.weight"), g("ln_vision.bias"), 1e-5)
+
+
+def linear(sd, name, x):
+    return x @ sd[name + ".weight"].float().T + sd[name + ".bias"].float()
+
+
+def post_ln(sd, name, x, residual):
+    h = residual.shape[-1]
+    return F.layer_norm(linear(sd, name + ".dense", x) + residual, (h,), sd[name + ".LayerNorm.weight"].float(),
+                        sd[name + ".LayerNorm.bias"].float(), 1e-12)
+
+
+def qformer(sd, prefix, image, branch):
+    """BERT Q-Former: [queries; text] self-attention, query-only cross-attention, split feed-forward."""
+    b = prefix + "Qformer.bert."
+    ids = torch.tensor(TEXT[branch])
+    queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
+    n_q, hidden = queries.shape[1], queries.shape[2]
+    heads = hidden // 64
+    text = sd[b + "embeddings.word_embeddings.weight"].float()[ids] + \
+        sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    x = torch.cat([queries, text.expand(image.shape[0], -1, -1)], 1)
+    x = F.layer_norm(x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(),
+                     sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12)
+    i = 0
+    while b + f"encoder.layer.{i}.attention.self.query.weight" in sd:
+        L = f"{b}encoder.layer.{i}."
+        s = L + "attention.self."
+        a = attention(linear(sd, s + "query", x), linear(sd, s + "key", x), linear(sd, s + "value", x), heads)
+        x = post_ln(sd, L + "attention.output", a, x)
+        xq, xt = x[:, :n_q], x[:, n_q:]
+        c = L + "crossattention.self."
+        a = attention(linear(sd, c + "query", xq), linear(sd, c + "key", image), linear(sd, c + "value", image), heads)
+        xq = post_ln(sd, L + "crossattention.output", a, xq)
+        xq = post_ln(sd, L + "output_query", F.gelu(linear(sd, L + "intermediate_query.dense", xq)), xq)
+        xt = post_ln(sd, L + "output", F.gelu(linear(sd, L + "intermediate.dense", xt)), xt)
+        x = torch.cat([xq, xt], 1)
+        i += 1
+    return x[:, :n_q]
+
+
+def proj_layer(sd, prefix, x):
+    h = x.shape[-1]
+    y = F.layer_norm(x, (h,), sd[prefix + "LayerNorm.weight"].float(), sd[prefix + "LayerNorm.bias"].float(), 1e-12)
+    return x + linear(sd, prefix + "dense2", quick_gelu(linear(sd, prefix + "dense1", y)))
+
+
+@torch.no_grad()
+def encode(sd, images, branch):
+    """(B, H, W, C) images -> (B, 16, 768)-shaped tokens of `branch`, exactly as SPEC §2 describes."""
+    blip = f"{branch}_blip."
+    patch = sd[blip + "visual_encoder.conv1.weight"].shape[-1]
+    grid = math.isqrt(sd[blip + "visual_encoder.positional_embedding"].shape[0] - 1)
+    image = vision(sd, blip, pixels(images, grid * patch))
+    return proj_layer(sd, f"{branch}_proj_layer.", qformer(sd, blip, image, branch))

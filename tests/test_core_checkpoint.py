@@ -1,0 +1,227 @@
+"""Reading DEADiff files: every accepted format gives the same model, every bad file one clear error,
+and no file can run code."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+import deadiff_fakes
+from deadiff_core import DEADiffCheckpointError, load_deadiff
+from deadiff_core.checkpoint import read_deadiff_tensors
+from deadiff_core.convert import main as convert_main
+
+IMAGES = torch.rand(2, 50, 70, 3, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("formats")
+    sd = deadiff_fakes.make_official_state_dict(seed=21)
+    ckpt = deadiff_fakes.write_official_ckpt(folder / "deadiff_v1.ckpt", sd)
+    st_file = deadiff_fakes.write_official_safetensors(folder / "deadiff_v1.safetensors", sd)
+    return {"sd": sd, "ckpt": ckpt, "safetensors": st_file, "folder": folder}
+
+
+def tokens(model):
+    return torch.cat([model.encoder.encode(IMAGES, "style"), model.encoder.encode(IMAGES, "content")])
+
+
+# ------------------------------------------------------------------ formats
+
+def test_ckpt_safetensors_and_compact_give_the_same_tokens(files, capsys):
+    folder = files["folder"]
+    from_ckpt = tokens(load_deadiff(files["ckpt"]))
+    torch.testing.assert_close(tokens(load_deadiff(files["safetensors"])), from_ckpt, rtol=0, atol=0)
+    fp32, fp16 = folder / "compact32.safetensors", folder / "compact16.safetensors"
+    assert convert_main([str(files["ckpt"]), str(fp32), "--dtype", "fp32"]) == 0
+    assert convert_main([str(files["ckpt"]), str(fp16)]) == 0
+    printed = capsys.readouterr().out
+    assert "MiB ->" in printed and "fp16" in printed
+    assert torch.equal(tokens(load_deadiff(fp32)), from_ckpt), "fp32 compact must load bit-identically"
+    half = tokens(load_deadiff(fp16))
+    assert ((half - from_ckpt).abs().max() / from_ckpt.abs().max()) < 5e-3, "fp16 compact: within fp16 rounding"
+    assert not torch.equal(half, from_ckpt)
+
+
+def test_compact_holds_only_deadiff_tensors_with_metadata(files):
+    folder = files["folder"]
+    out = folder / "meta.safetensors"
+    assert convert_main([str(files["ckpt"]), str(out), "--force"]) == 0
+    kept = load_file(str(out))
+    assert not any(k.startswith(("model.diffusion_model.input_blocks.0", "first_stage_model.", "cond_stage_model.",
+                                 "content_blip.visual_encoder.", "ctx_embeddings")) for k in kept)
+    assert not any(".cls." in k or "itm_head" in k or "position_ids" in k for k in kept)
+    assert sum(".i_to_" in k for k in kept) == 32
+    assert all(v.dtype == torch.float16 for v in kept.values())
+    from safetensors import safe_open
+
+    meta = safe_open(str(out), "pt").metadata()
+    assert meta["format"] == "deadiff-compact" and meta["format_version"] == "1"
+    assert meta["source_file"] == "deadiff_v1.ckpt" and len(meta["source_sha256"]) == 64
+    dims = json.loads(meta["dims"])
+    assert dims["qformer_hidden"] == 64 and dims["vision_layers"] == 2 and dims["site_widths"]["middle_0"] == 128
+    assert os.path.getsize(out) < os.path.getsize(files["ckpt"]) / 2
+
+
+def test_convert_refuses_to_overwrite_and_reports_bad_sources(files, tmp_path, capsys):
+    existing = tmp_path / "exists.safetensors"
+    existing.write_bytes(b"keep me")
+    assert convert_main([str(files["ckpt"]), str(existing)]) == 2
+    assert existing.read_bytes() == b"keep me"
+    assert "--force" in capsys.readouterr().err
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    assert convert_main([str(empty), str(tmp_path / "out.safetensors")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ shapes come from the file
+
+@settings(max_examples=15, deadline=None)
+@given(vision_width=st.sampled_from([64, 128]), vision_layers=st.integers(1, 3),
+       patch=st.sampled_from([16, 28, 56]), hidden=st.sampled_from([64, 128]), layers=st.integers(1, 3),
+       intermediate=st.sampled_from([96, 256]), queries=st.integers(1, 20), channels=st.sampled_from([8, 24]))
+def test_dimensions_are_inferred_from_shapes(tmp_path_factory, vision_width, vision_layers, patch, hidden, layers,
+                                             intermediate, queries, channels):
+    sd = deadiff_fakes.make_official_state_dict(
+        seed=1, frozen_parts=False, vision_width=vision_width, vision_layers=vision_layers, patch_size=patch,
+        image_size=patch * 4, qformer_hidden=hidden, qformer_layers=layers, qformer_intermediate=intermediate,
+        num_query_tokens=queries, vocab_size=4200, max_positions=8, model_channels=channels)
+    path = deadiff_fakes.write_official_safetensors(tmp_path_factory.mktemp("dims") / "d.safetensors", sd)
+    _, c, _ = read_deadiff_tensors(str(path))
+    assert (c.vision_width, c.vision_layers, c.patch_size, c.image_size) == (vision_width, vision_layers, patch, patch * 4)
+    assert (c.qformer_hidden, c.qformer_layers, c.qformer_intermediate) == (hidden, layers, intermediate)
+    assert (c.num_query_tokens, c.vocab_size, c.max_positions, c.encoder_hidden) == (queries, 4200, 8, vision_width)
+    assert c.context_dim == hidden and c.proj_intermediate == 4 * hidden
+    assert sorted(set(c.site_widths.values())) == [channels, 2 * channels, 4 * channels]
+    assert (c.vision_heads, c.qformer_heads) == (vision_width // 64, hidden // 64)
+
+
+# ------------------------------------------------------------------ bad files
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+class RunsCode:
+    """Unpickling this would call os.system and create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payloads_never_run(files, tmp_path):
+    marker = tmp_path / "pwned"
+    sd = dict(files["sd"])
+    # a real torch zip checkpoint whose extras carry the payload
+    evil_ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": sd, "callbacks": RunsCode(marker)}, evil_ckpt)
+    model = load_deadiff(evil_ckpt)  # the tensors load; the payload is an inert placeholder
+    assert not marker.exists()
+    assert model.config.qformer_hidden == 64
+    # a legacy (non-zip) pickle checkpoint and a bare pickle
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(marker)}, legacy,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(DEADiffCheckpointError):
+        load_deadiff(legacy)
+    bare = _write(tmp_path / "bare.ckpt", pickle.dumps(RunsCode(marker)))
+    with pytest.raises(DEADiffCheckpointError):
+        load_deadiff(bare)
+    assert not marker.exists(), "a pickle payload ran"
+
+
+def _truncate(path, out, fraction):
+    data = path.read_bytes()
+    return _write(out, data[: int(len(data) * fraction)])
+
+
+def ip_adapter_file(tmp_path):
+    path = tmp_path / "ip-adapter_sd15.bin"
+    torch.save({"image_proj": {"proj.weight": torch.zeros(3072, 1024)},
+                "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768)}}, path)
+    return path
+
+
+def sd15_file(tmp_path):
+    path = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    save_file(deadiff_fakes.frozen_sd_placeholders(), str(path))
+    return path
+
+
+def mutated(files, tmp_path, name, change):
+    sd = dict(files["sd"])
+    change(sd)
+    return deadiff_fakes.write_official_safetensors(tmp_path / name, sd)
+
+
+def _nan(sd):
+    sd["style_proj_layer.dense1.weight"] = sd["style_proj_layer.dense1.weight"].clone()
+    sd["style_proj_layer.dense1.weight"][0, 0] = float("nan")
+
+
+BAD_FILES = {
+    "zero bytes": (lambda f, t: _write(t / "zero.ckpt", b""), "empty"),
+    "random bytes": (lambda f, t: _write(t / "random.ckpt", os.urandom(4096)), "not a PyTorch checkpoint"),
+    "random bytes .safetensors": (lambda f, t: _write(t / "random.safetensors", os.urandom(4096)),
+                                  "truncated or corrupt"),
+    "truncated ckpt": (lambda f, t: _truncate(f["ckpt"], t / "cut.ckpt", 0.6), "truncated or corrupt"),
+    "truncated safetensors": (lambda f, t: _truncate(f["safetensors"], t / "cut.safetensors", 0.6),
+                              "truncated or corrupt"),
+    "SD1.5 checkpoint": (lambda f, t: sd15_file(t), "looks like a Stable Diffusion checkpoint"),
+    "IP-Adapter": (lambda f, t: ip_adapter_file(t), "looks like an IP-Adapter model"),
+    "wrong shape": (lambda f, t: mutated(f, t, "shape.safetensors", lambda sd: sd.update(
+        {"style_proj_layer.dense2.weight": torch.zeros(64, 100)})), "style_proj_layer.dense2.weight has shape [64, 100]"),
+    "wrong site width": (lambda f, t: mutated(f, t, "site.safetensors", lambda sd: sd.update(
+        {"model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight": torch.zeros(100, 64)})),
+        "output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight has shape [100, 64]"),
+    "missing Q-Former layer part": (lambda f, t: mutated(f, t, "missing.safetensors", lambda sd: sd.pop(
+        "content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight")),
+        "missing 1 DEADiff tensors, e.g. content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight"),
+    "no i_to_k": (lambda f, t: mutated(f, t, "noitok.safetensors", lambda sd: [
+        sd.pop(k) for k in list(sd) if ".i_to_k." in k]), "is missing"),
+    "NaN weight": (lambda f, t: mutated(f, t, "nan.safetensors", _nan), "style_proj_layer.dense1.weight contains NaN"),
+    "integer weights": (lambda f, t: mutated(f, t, "int.safetensors", lambda sd: sd.update(
+        {"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)})), "dtype torch.int32"),
+    "not a zip although .ckpt": (lambda f, t: _write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
+                                 "not a PyTorch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_get_one_clear_error(files, tmp_path, case):
+    make, expected = BAD_FILES[case]
+    path = make(files, tmp_path)
+    with pytest.raises(DEADiffCheckpointError) as error:
+        load_deadiff(path)
+    message = str(error.value)
+    assert os.path.basename(str(path)) in message
+    assert expected in message
+
+
+def test_zip_without_data_is_corrupt(tmp_path):
+    path = tmp_path / "hollow.ckpt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/version", "3")
+    with pytest.raises(DEADiffCheckpointError, match="truncated or corrupt"):
+        load_deadiff(path)
+
+
+def test_state_dict_at_top_level_is_accepted(files, tmp_path):
+    buffer = io.BytesIO()
+    torch.save(files["sd"], buffer)
+    path = _write(tmp_path / "plain_state_dict.pt", buffer.getvalue())
+    assert load_deadiff(path).config.num_query_tokens == 16
