@@ -2,12 +2,13 @@
 
 Accepted: the official Lightning `deadiff_v1.ckpt`, a `.safetensors` of its state_dict, and our
 compact `.safetensors` (the same official key names, DEADiff parts only, vision tower once).
-A `.ckpt` is a pickle: it is read with torch's weights-only unpickler, memory-mapped, and if the
-Lightning extras hold classes that unpickler refuses, with a stricter one of ours that turns every
-non-tensor class into an inert placeholder. No code from the file ever runs.
+A `.ckpt` is a pickle inside a zip: our unpickler only describes tensors (it never calls anything
+from the file; every other class becomes an inert placeholder), and only the kept tensors' records
+are read. torch's legacy non-zip format goes through torch's weights-only unpickler.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -121,37 +122,98 @@ class _Inert:
         pass
 
 
-_TENSOR_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"),
-    ("torch", "Size"), ("torch", "device"),
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
 
 
-class _StrictUnpickler(pickle.Unpickler):
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _LazyTensor:
+    """Where a tensor's bytes are in the checkpoint; read only when the tensor is kept."""
+
+    def __init__(self, storage, offset, size, stride, *_):
+        self.key, self.dtype = storage
+        self.offset, self.shape, self.stride = offset, tuple(size), tuple(stride)
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Reads a torch zip checkpoint's data.pkl into dicts of _LazyTensor: tensors are described, not
+    loaded, and every other class becomes an _Inert placeholder. Nothing from the file is ever called."""
+
     def find_class(self, module, name):
-        if (module, name) in _TENSOR_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and (name.endswith("Storage") or name in ("float16", "float32", "bfloat16", "int64")):
-            return super().find_class(module, name)
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _LazyTensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
         return _Inert
 
+    def persistent_load(self, pid):
+        kind, storage_type, key = pid[0], pid[1], pid[2]
+        if kind != "storage" or not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage record {pid[:2]!r}")
+        return str(key), storage_type.dtype
 
-class _StrictPickleModule:
-    """A pickle module for torch.load whose Unpickler never builds anything but tensors and dicts."""
-    Unpickler = _StrictUnpickler
-    load = pickle.load
-    __name__ = "deadiff_strict_pickle"
+
+def _flatten(tree: dict, leaf_type, prefix: str = "") -> dict:
+    """{"a": {"b": t}} -> {"a.b": t}, keeping only leaves of `leaf_type` (nested files like IP-Adapter's)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, leaf_type, f"{prefix}{key}."))
+        elif isinstance(value, leaf_type):
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
-def _load_pickle(path: str):
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise
-    # Lightning extras (hyper_parameters, callbacks...) may name classes the weights-only loader refuses
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False, pickle_module=_StrictPickleModule)
+class _ZipCheckpoint:
+    """A torch zip checkpoint's tensors, each read from its own record when asked for.
+
+    Plain reads, not a memory map: only the kept tensors are ever read, and their file pages are not
+    counted in the process's memory, so loading costs about the bytes we keep.
+    """
+
+    def __init__(self, path: str):
+        self._zip = zipfile.ZipFile(path)
+        names = self._zip.namelist()
+        pkl = next((n for n in names if n.endswith("data.pkl") and n.count("/") == 1), None)
+        if pkl is None:
+            raise ValueError("the zip archive has no data.pkl record")
+        self._prefix = pkl[: -len("data.pkl")]
+        byteorder = self._prefix + "byteorder"
+        if byteorder in names and self._zip.read(byteorder).strip() != b"little":
+            raise ValueError("big-endian checkpoints are not supported")
+        root = _CheckpointUnpickler(io.BytesIO(self._zip.read(pkl))).load()
+        if isinstance(root, dict) and isinstance(root.get("state_dict"), dict):
+            root = root["state_dict"]
+        if not isinstance(root, dict):
+            raise ValueError(f"holds a {type(root).__name__}, not a state_dict of tensors")
+        self._lazy = _flatten(root, _LazyTensor)
+
+    def keys(self):
+        return self._lazy.keys()
+
+    def __contains__(self, key):
+        return key in self._lazy
+
+    def __getitem__(self, key) -> torch.Tensor:
+        lazy = self._lazy[key]
+        data = bytearray(self._zip.read(f"{self._prefix}data/{lazy.key}"))
+        flat = torch.frombuffer(data, dtype=lazy.dtype) if data else torch.empty(0, dtype=lazy.dtype)
+        return torch.as_strided(flat, lazy.shape, lazy.stride, lazy.offset).clone()
 
 
 class _SafetensorsMapping:
@@ -200,7 +262,9 @@ def open_tensors(path: str):
             path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
                   "corrupt or a different kind of file; download deadiff_v1.ckpt again")
     try:
-        data = _load_pickle(path)
+        if zipfile.is_zipfile(path):
+            return _ZipCheckpoint(path), {}
+        data = torch.load(path, map_location="cpu", weights_only=True)  # torch's legacy format
     except Exception as e:
         raise DEADiffCheckpointError(
             path, f"could not be read as a checkpoint; it is truncated or corrupt ({type(e).__name__}: {e}); "
@@ -209,7 +273,7 @@ def open_tensors(path: str):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise DEADiffCheckpointError(path, f"holds a {type(data).__name__}, not a state_dict of tensors")
-    return data, {}
+    return _flatten(data, torch.Tensor), {}
 
 
 # ------------------------------------------------------------------ what the file is
