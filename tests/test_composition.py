@@ -127,3 +127,25 @@ def test_start_after_end_is_refused(comfy, deadiff_name):
     with pytest.raises(ValueError, match=r"start_at \(0.7\) is after end_at \(0.2\)"):
         call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
                   start_at=0.7, end_at=0.2)
+
+
+def test_tokens_from_a_deadiff_file_of_other_dimensions_are_refused(comfy, deadiff_name):
+    wide = comfy.base / "models" / "deadiff" / "tiny_wide.safetensors"
+    if not wide.exists():
+        deadiff_fakes.write_official_safetensors(wide, deadiff_fakes.make_official_state_dict(
+            seed=8, qformer_hidden=128, frozen_parts=False))
+    (wide_deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=wide.name)
+    (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
+    image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=1, channels=3)[0]
+    (wide_style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=wide_deadiff, image=image)
+    (content,) = call_node(comfy, "DEADiffContentEncoder", deadiff=deadiff, image=image)
+    model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0]
+    with pytest.raises(ValueError, match="These style tokens are 128 wide but tiny_composition.ckpt expects 64"):
+        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
+                  start_at=0.0, end_at=1.0, style=wide_style)
+    with pytest.raises(ValueError, match="The style input got content tokens"):
+        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
+                  start_at=0.0, end_at=1.0, style=content)
+    with pytest.raises(ValueError, match="made for a UNet with width 32 and a 128-wide text context"):
+        call_node(comfy, "DEADiffApply", model=model, deadiff=wide_deadiff, style_weight=1.0, content_weight=1.0,
+                  start_at=0.0, end_at=1.0, style=wide_style)
