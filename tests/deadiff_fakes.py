@@ -170,3 +170,13 @@ def write_official_safetensors(path, state_dict: dict) -> Path:
     path = Path(path)
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
     return path
+
+
+def place(folder, name: str, seed: int = 0, **dims) -> str:
+    """Write a synthetic DEADiff file named `name` (.ckpt or .safetensors) into `folder` once; return
+    the name, as a loader combo expects it."""
+    path = Path(folder) / name
+    if not path.exists():
+        sd = make_official_state_dict(seed=seed, **dims)
+        (write_official_safetensors if name.endswith(".safetensors") else write_official_ckpt)(path, sd)
+    return name

@@ -1,7 +1,7 @@
-"""SPEC §2 written out in plain torch from the raw official keys: no transformers, no pack code.
+"""SPEC §2 and §4 written out in plain torch from the raw official keys: no transformers, no pack code.
 
-The encoders are compared against this, so it is kept as literal as possible: one function per
-step of the spec, loops instead of cleverness.
+The encoders and the attention patch are compared against this, so it is kept as literal as
+possible: one function per step of the spec, loops instead of cleverness.
 """
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def attention(q, k, v, heads):
     v = v.view(b, v.shape[1], heads, d).transpose(1, 2)
     a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v
     return a.transpose(1, 2).reshape(b, n, c)
+
+
+def site_attention(q, k_text, v_text, image_tokens, i_to_k, i_to_v, heads):
+    """SPEC §4: K = [k_text; w * E @ i_to_k^T ...], V likewise, one softmax over all keys.
+    image_tokens: [(E of shape (1 or B, N, C), w), ...], one entry per set of image tokens."""
+    keys, values = [k_text], [v_text]
+    for tokens, weight in image_tokens:
+        e = tokens.expand(q.shape[0], -1, -1).to(q.dtype)
+        keys.append(weight * e @ i_to_k.T.to(q.dtype))
+        values.append(weight * e @ i_to_v.T.to(q.dtype))
+    return attention(q, torch.cat(keys, 1), torch.cat(values, 1), heads)
 
 
 def quick_gelu(x):

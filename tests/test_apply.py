@@ -10,12 +10,12 @@ produce the same denoised predictions.
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 
 import deadiff_fakes
+import reference_deadiff as ref
 from graphs import Graph
 
 STEPS = 3
@@ -25,16 +25,6 @@ SITE_BLOCKS = ["input_blocks.1", "input_blocks.2", "input_blocks.4", "input_bloc
 
 
 # ---------------------------------------------------------------- the plain reference of SPEC §4
-
-def plain_attention(q, k, v, heads):
-    b, n, c = q.shape
-    d = c // heads
-    q = q.reshape(b, n, heads, d).transpose(1, 2)
-    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
-    v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(b, n, c)
-
 
 class ReferenceCrossAttention(torch.nn.Module):
     """SPEC §4 for one site: K = [to_k(T); w*i_to_k(E)], V = [to_v(T); w*i_to_v(E)], one softmax."""
@@ -46,12 +36,8 @@ class ReferenceCrossAttention(torch.nn.Module):
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
         a = self.original
         q, k, v = a.to_q(x), a.to_k(context), a.to_v(context if value is None else value)
-        keys, values = [k], [v]
-        for tokens, weight in self.state["tokens"](self):
-            e = tokens.expand(x.shape[0], -1, -1).to(x.dtype)
-            keys.append(weight * e @ self.i_to_k.T)
-            values.append(weight * e @ self.i_to_v.T)
-        return a.to_out(plain_attention(q, torch.cat(keys, 1), torch.cat(values, 1), a.heads))
+        out = ref.site_attention(q, k, v, self.state["tokens"](self), self.i_to_k, self.i_to_v, a.heads)
+        return a.to_out(out)
 
 
 class ReferenceUNet:

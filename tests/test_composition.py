@@ -10,10 +10,7 @@ from graphs import Graph
 
 @pytest.fixture(scope="module")
 def deadiff_name(comfy):
-    path = comfy.base / "models" / "deadiff" / "tiny_composition.ckpt"
-    if not path.exists():
-        deadiff_fakes.write_official_ckpt(path, deadiff_fakes.make_official_state_dict(seed=5))
-    return path.name
+    return deadiff_fakes.place(comfy.base / "models" / "deadiff", "tiny_composition.ckpt", seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +127,9 @@ def test_start_after_end_is_refused(comfy, deadiff_name):
 
 
 def test_tokens_from_a_deadiff_file_of_other_dimensions_are_refused(comfy, deadiff_name):
-    wide = comfy.base / "models" / "deadiff" / "tiny_wide.safetensors"
-    if not wide.exists():
-        deadiff_fakes.write_official_safetensors(wide, deadiff_fakes.make_official_state_dict(
-            seed=8, qformer_hidden=128, frozen_parts=False))
-    (wide_deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=wide.name)
+    wide = deadiff_fakes.place(comfy.base / "models" / "deadiff", "tiny_wide.safetensors", seed=8,
+                               qformer_hidden=128, frozen_parts=False)
+    (wide_deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=wide)
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=1, channels=3)[0]
     (wide_style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=wide_deadiff, image=image)

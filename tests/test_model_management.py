@@ -12,10 +12,7 @@ from graphs import Graph
 
 @pytest.fixture(scope="module")
 def deadiff_name(comfy):
-    path = comfy.base / "models" / "deadiff" / "tiny_mm.safetensors"
-    if not path.exists():
-        deadiff_fakes.write_official_safetensors(path, deadiff_fakes.make_official_state_dict(seed=6))
-    return path.name
+    return deadiff_fakes.place(comfy.base / "models" / "deadiff", "tiny_mm.safetensors", seed=6)
 
 
 def nodes_module(comfy, name):

@@ -18,9 +18,7 @@ PACK_NODES = {
 
 @pytest.fixture(scope="module")
 def server_with_weights(comfy_server):
-    path = comfy_server.base / "models" / "deadiff" / "deadiff_v1.ckpt"
-    if not path.exists():
-        deadiff_fakes.write_official_ckpt(path, deadiff_fakes.make_official_state_dict(seed=0))
+    deadiff_fakes.place(comfy_server.base / "models" / "deadiff", "deadiff_v1.ckpt", seed=0)
     return comfy_server
 
 

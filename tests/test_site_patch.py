@@ -2,27 +2,15 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 
 import deadiff_fakes
+import reference_deadiff as ref
 from graphs import Graph
 
 HEADS = 8
-
-
-def plain_attention(q, k, v, heads, bias=None):
-    b, n, c = q.shape
-    d = c // heads
-    q = q.reshape(b, n, heads, d).transpose(1, 2)
-    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
-    v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    logits = q @ k.transpose(-1, -2) / math.sqrt(d)
-    if bias is not None:
-        logits = logits + bias[:, None]
-    return (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +70,7 @@ def test_site_output_equals_spec(patched, official_sd, block, branch, weight, pr
     for i, c in enumerate(order):
         sl = slice(i * chunk, (i + 1) * chunk)
         tokens = e if c == 0 else torch.zeros_like(e)  # the negative pass sees 16 zero tokens
-        k_img = (weight * tokens @ i_to_k.T).expand(chunk, -1, -1)
-        v_img = (weight * tokens @ i_to_v.T).expand(chunk, -1, -1)
-        expected = plain_attention(q[sl], torch.cat([k[sl], k_img], 1), torch.cat([v[sl], v_img], 1), HEADS)
+        expected = ref.site_attention(q[sl], k[sl], v[sl], [(tokens, weight)], i_to_k, i_to_v, HEADS)
         torch.testing.assert_close(out[sl], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -93,23 +79,21 @@ def test_zero_tokens_take_softmax_mass(patched):
     patch = site_patch(patched["model"], ("input", 1))
     q, k, v = (torch.randn(1, 12, 32) for _ in range(3))
     out = call(patch, q, k, v, (1,), [1, 32, 3, 4])
-    assert not torch.allclose(out, plain_attention(q, k, v, HEADS), atol=1e-4)
+    assert not torch.allclose(out, ref.attention(q, k, v, HEADS), atol=1e-4)
     zeros = torch.zeros(1, 16, 32)
-    torch.testing.assert_close(out, plain_attention(q, torch.cat([k, zeros], 1), torch.cat([v, zeros], 1), HEADS))
+    torch.testing.assert_close(out, ref.attention(q, torch.cat([k, zeros], 1), torch.cat([v, zeros], 1), HEADS))
 
 
-def test_full_mask_equals_no_mask_and_patch_is_shared_by_clones(patched):
+def test_full_mask_equals_no_mask_and_patch_is_shared_by_clones(patched, official_sd):
     q, k, v = (torch.randn(2, 12, 32) for _ in range(3))
     shape = [2, 32, 3, 4]
     masked = site_patch(patched["masked"], ("input", 1))
     unmasked_style_only = call(masked, q, k, v, (0, 1), shape)
     e = patched["style"]
-    i_k = masked.injections[0].deadiff.model.injection.projections("input_1")
-    expected = []
-    for i, tokens in enumerate([e, torch.zeros_like(e)]):
-        kk = torch.cat([k[i:i + 1], tokens @ i_k[0].float().T], 1)
-        vv = torch.cat([v[i:i + 1], tokens @ i_k[1].float().T], 1)
-        expected.append(plain_attention(q[i:i + 1], kk, vv, HEADS))
+    ckpt = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
+    i_to_k, i_to_v = official_sd[ckpt + "i_to_k.weight"], official_sd[ckpt + "i_to_v.weight"]
+    expected = [ref.site_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], [(tokens, 1.0)], i_to_k, i_to_v, HEADS)
+                for i, tokens in enumerate([e, torch.zeros_like(e)])]
     torch.testing.assert_close(unmasked_style_only, torch.cat(expected), rtol=1e-5, atol=1e-5)
     assert copy.deepcopy(masked) is masked
     clone = patched["masked"].clone()
