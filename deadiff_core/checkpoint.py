@@ -213,7 +213,9 @@ class _ZipCheckpoint:
         lazy = self._lazy[key]
         data = bytearray(self._zip.read(f"{self._prefix}data/{lazy.key}"))
         flat = torch.frombuffer(data, dtype=lazy.dtype) if data else torch.empty(0, dtype=lazy.dtype)
-        return torch.as_strided(flat, lazy.shape, lazy.stride, lazy.offset).clone()
+        tensor = torch.as_strided(flat, lazy.shape, lazy.stride, lazy.offset)
+        # a view of a larger shared storage gets its own memory; otherwise the read buffer is the tensor
+        return tensor.clone() if tensor.numel() * tensor.element_size() < len(data) else tensor
 
 
 class _SafetensorsMapping:
@@ -296,41 +298,48 @@ def _describe_foreign(path: str, keys: Iterable[str]) -> str | None:
     return None
 
 
-def read_deadiff_tensors(path: str) -> tuple[dict, DEADiffConfig, dict]:
+def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
+                        progress=None) -> tuple[dict, DEADiffConfig, dict]:
     """The kept tensors under their official names (vision tower once when both copies are equal),
-    the inferred config, and the file's metadata."""
+    the inferred config, and the file's metadata. Floating tensors are cast to `dtype` one by one as
+    they are read, so the peak memory stays near what is kept. `progress(iterable, total)` may wrap
+    the reading loop (a progress bar)."""
     path = str(path)
     mapping, metadata = open_tensors(path)
     keys = list(mapping.keys())
     foreign = _describe_foreign(path, keys)
     if foreign:
         raise DEADiffCheckpointError(path, foreign)
-    compact = metadata.get("format") == COMPACT_FORMAT
     kept_keys = [k for k in keys if is_kept(k)]
-    content_vision = [k for k in kept_keys if k.startswith("content_blip.") and is_vision(k)]
-    style_vision = [k for k in kept_keys if k.startswith("style_blip.") and is_vision(k)]
-    if not style_vision:
+    content_vision = {k for k in kept_keys if k.startswith("content_blip.") and is_vision(k)}
+    if not any(k.startswith("style_blip.") and is_vision(k) for k in kept_keys):
         raise DEADiffCheckpointError(path, "has no vision tower (style_blip.visual_encoder.*): the file is incomplete")
-    shared = compact and not content_vision
+
+    def cast(tensor):
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    # Without a second copy (our compact file), both branches use the one tower. With one, it is
+    # compared tensor by tensor in the file's own dtype and kept only if some tensor differs.
+    shared = True
     try:
         tensors = {}
-        for k in kept_keys:
+        for k in (progress or (lambda it, total: it))(kept_keys, len(kept_keys)):
             if k in content_vision:
                 continue
-            tensors[k] = mapping[k]
+            value = mapping[k]
+            twin = k.replace("style_blip.", "content_blip.", 1)
+            if content_vision and shared and k.startswith("style_blip.") and is_vision(k):
+                shared = twin in content_vision and torch.equal(value, mapping[twin])
+            tensors[k] = cast(value)
+        if content_vision and shared:
+            style_twins = {k.replace("style_blip.", "content_blip.", 1) for k in tensors}
+            shared = content_vision <= style_twins
         if content_vision and not shared:
-            twin = {k: mapping[k] for k in content_vision}
-            same = set(twin) == {k.replace("style_blip.", "content_blip.", 1) for k in style_vision} and all(
-                torch.equal(v, tensors[k.replace("content_blip.", "style_blip.", 1)]) for k, v in twin.items())
-            shared = same
-            if not same:
-                tensors.update(twin)
+            tensors.update({k: cast(mapping[k]) for k in sorted(content_vision)})
     except DEADiffCheckpointError:
         raise
     except Exception as e:
         raise DEADiffCheckpointError(path, f"a tensor could not be read; the file is truncated or corrupt ({e})") from e
-    if not compact and not content_vision:
-        shared = True  # a file without the second copy: both branches use the one tower
     try:
         config = infer_config({k: tuple(v.shape) for k, v in tensors.items()}, shared_vision=shared)
     except KeyError as e:
@@ -349,13 +358,20 @@ def read_deadiff_tensors(path: str) -> tuple[dict, DEADiffConfig, dict]:
     for k, v in tensors.items():
         if not v.is_floating_point():
             raise DEADiffCheckpointError(path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point")
-    bad = next((k for k, v in tensors.items() if not torch.isfinite(v).all()), None)
+    # The small per-site projections are checked here; the encoders' NaN/Inf show in their output
+    # (checked at every encode), which spares a full pass over a gigabyte at each load.
+    bad = first_non_finite((k, tensors[k]) for k in SITE_KEYS)
     if bad:
         raise DEADiffCheckpointError(path, f"tensor {bad} contains NaN or Inf values; the file is corrupt")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise DEADiffCheckpointError(path, f"has unexpected DEADiff tensors, e.g. {', '.join(extra[:5])}")
     return tensors, config, metadata
+
+
+def first_non_finite(named_tensors) -> str | None:
+    """Name of the first tensor holding NaN or Inf, or None."""
+    return next((name for name, t in named_tensors if not torch.isfinite(t).all()), None)
 
 
 def compact_metadata(config: DEADiffConfig, source_name: str, source_sha256: str) -> dict:

@@ -32,7 +32,7 @@ def _progress(iterable, total: int, desc: str):
                 print(f"{desc}: {i}/{total}", file=sys.stderr)
             yield item
         return
-    yield from tqdm(iterable, total=total, desc=desc, unit="tensor" if "tensor" in desc else "MiB")
+    yield from tqdm(iterable, total=total, desc=desc, unit="tensor" if "tensor" in desc else "block")
 
 
 def sha256_of(path: str) -> str:
@@ -53,10 +53,9 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False) -> dic
         raise ValueError("the destination must differ from the source")
     if os.path.exists(dst) and not force:
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it")
-    tensors, config, _ = read_deadiff_tensors(src)
-    kept = {}
-    for key in _progress(sorted(tensors), total=len(tensors), desc="converting tensors"):
-        kept[key] = tensors[key].to(DTYPES[dtype]).contiguous()
+    tensors, config, _ = read_deadiff_tensors(
+        src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"))
+    kept = {key: tensors.pop(key).contiguous() for key in sorted(tensors)}
     metadata = compact_metadata(config, os.path.basename(src), sha256_of(src))
     tmp = dst + ".partial"
     save_file(kept, tmp, metadata=metadata)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checkpoint import read_deadiff_tensors
+from .checkpoint import first_non_finite, read_deadiff_tensors
 from .config import DEADiffConfig
 from .errors import DEADiffCheckpointError
 from .preprocess import preprocess
@@ -21,9 +21,10 @@ from .vision_tower import VisionTower
 class DualEncoder(nn.Module):
     """Dual decoupling representation: one image, two Q-Formers, 16 style and 16 content tokens."""
 
-    def __init__(self, c: DEADiffConfig):
+    def __init__(self, c: DEADiffConfig, source: str = "DEADiff model"):
         super().__init__()
         self.config = c
+        self.source = source  # the file, named in errors
         towers = ["shared"] if c.shared_vision else list(BRANCHES)
         self.vision = nn.ModuleDict({name: VisionTower(c) for name in towers})
         self.qformers = nn.ModuleDict({b: QFormer(c, b) for b in BRANCHES})
@@ -40,7 +41,14 @@ class DualEncoder(nn.Module):
         param = next(self.parameters())
         pixels = preprocess(images.to(param.device), self.config.image_size).to(param.dtype)
         image_tokens = self.tower(branch)(pixels)
-        return self.projs[branch](self.qformers[branch](image_tokens))
+        tokens = self.projs[branch](self.qformers[branch](image_tokens))
+        if not torch.isfinite(tokens).all():
+            bad = first_non_finite(self.named_parameters())
+            if bad:
+                raise DEADiffCheckpointError(self.source, f"weight {bad} contains NaN or Inf values; the file is corrupt")
+            raise FloatingPointError(f"the {branch} tokens overflowed in {param.dtype}; try running the encoder "
+                                     "in float32 (ComfyUI's --fp32-text-enc)")
+        return tokens
 
     def load_official(self, tensors: dict) -> None:
         for name, tower in self.vision.items():
@@ -53,10 +61,10 @@ class DualEncoder(nn.Module):
 
 
 class DEADiffModel(nn.Module):
-    def __init__(self, config: DEADiffConfig):
+    def __init__(self, config: DEADiffConfig, source: str = "DEADiff model"):
         super().__init__()
         self.config = config
-        self.encoder = DualEncoder(config)
+        self.encoder = DualEncoder(config, source)
         self.injection = SiteProjections(config)
 
 
@@ -76,10 +84,11 @@ def _materialize_buffers(model: nn.Module) -> None:
             module.register_buffer(name, value, persistent=False)
 
 
-def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32) -> DEADiffModel:
+def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32,
+                source: str = "DEADiff model") -> DEADiffModel:
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     with torch.device("meta"):
-        model = DEADiffModel(config)
+        model = DEADiffModel(config, source)
     model.encoder.load_official(tensors)
     model.injection.load_official(tensors)
     _materialize_buffers(model)
@@ -91,8 +100,8 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
 
 def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
     """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
-    tensors, config, _ = read_deadiff_tensors(str(path))
+    tensors, config, _ = read_deadiff_tensors(str(path), dtype)
     try:
-        return build_model(tensors, config, dtype)
+        return build_model(tensors, config, dtype, source=str(path))
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e

@@ -168,6 +168,21 @@ def mutated(files, tmp_path, name, change):
     return deadiff_fakes.write_official_safetensors(tmp_path / name, sd)
 
 
+def _nan_site(sd):
+    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight"
+    sd[key] = sd[key].clone()
+    sd[key][1, 2] = float("nan")
+
+
+def test_nan_in_the_encoder_weights_is_named_at_encode(files, tmp_path):
+    sd = dict(files["sd"])
+    _nan(sd)
+    path = deadiff_fakes.write_official_safetensors(tmp_path / "nan_encoder.safetensors", sd)
+    model = load_deadiff(path)
+    with pytest.raises(DEADiffCheckpointError, match="nan_encoder.safetensors: weight .*style.*contains NaN"):
+        model.encoder.encode(IMAGES, "style")
+
+
 def _nan(sd):
     sd["style_proj_layer.dense1.weight"] = sd["style_proj_layer.dense1.weight"].clone()
     sd["style_proj_layer.dense1.weight"][0, 0] = float("nan")
@@ -193,7 +208,8 @@ BAD_FILES = {
         "missing 1 DEADiff tensors, e.g. content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight"),
     "no i_to_k": (lambda f, t: mutated(f, t, "noitok.safetensors", lambda sd: [
         sd.pop(k) for k in list(sd) if ".i_to_k." in k]), "is missing"),
-    "NaN weight": (lambda f, t: mutated(f, t, "nan.safetensors", _nan), "style_proj_layer.dense1.weight contains NaN"),
+    "NaN site projection": (lambda f, t: mutated(f, t, "nan.safetensors", _nan_site),
+                            "input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight contains NaN"),
     "integer weights": (lambda f, t: mutated(f, t, "int.safetensors", lambda sd: sd.update(
         {"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)})), "dtype torch.int32"),
     "not a zip although .ckpt": (lambda f, t: _write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
