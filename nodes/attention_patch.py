@@ -37,7 +37,8 @@ class Injection:
         self.sigma_end = sigma_end
         self.mask = mask                # (masks, H, W) in 0..1, or None
         self.windowed = sigma_start < _NO_WINDOW_START or sigma_end > 0.0
-        self._kv = {}
+        self._kv = {}      # (site name, device, dtype) -> (keys, values)
+        self._masks = {}   # (height, width, device, dtype) -> resized mask
         self._sigmas_seen = None
         self._active_now = True
 
@@ -73,15 +74,16 @@ class Injection:
 
     def drop_cache_except(self, device: torch.device) -> None:
         self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+        self._masks = {k: v for k, v in self._masks.items() if k[2] == device}
 
     def query_mask(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
         """The mask resized to one site's grid, (masks, height * width)."""
-        key = ("mask", height, width, device, dtype)
-        if key not in self._kv:
+        key = (height, width, device, dtype)
+        if key not in self._masks:
             mask = self.mask.to(device=device, dtype=torch.float32).unsqueeze(1)
             mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
-            self._kv[key] = mask.flatten(1).clamp(0.0, 1.0).to(dtype)
-        return self._kv[key]
+            self._masks[key] = mask.flatten(1).clamp(0.0, 1.0).to(dtype)
+        return self._masks[key]
 
 
 class DEADiffSitePatch:

@@ -48,7 +48,8 @@ class ManagedDEADiff:
 
     @classmethod
     def from_file(cls, path: str) -> "ManagedDEADiff":
-        return cls(load_deadiff(path, dtype=torch.float32), os.path.basename(path))
+        """Read straight into the encoders' compute dtype (no float32 detour on a GPU)."""
+        return cls(load_deadiff(path, dtype=compute_dtype(mm.text_encoder_device())), os.path.basename(path))
 
     def offload_encoder(self) -> None:
         """Give the encoders' VRAM back right after encoding (they are not needed while sampling)."""

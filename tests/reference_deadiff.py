@@ -35,6 +35,17 @@ def attention(q, k, v, heads):
     return a.transpose(1, 2).reshape(b, n, c)
 
 
+def attention_with_bias(q, k, v, heads, bias):
+    """attention() with an additive bias on the logits, (B, Nq, Nk), the same for every head."""
+    b, n, c = q.shape
+    d = c // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.view(b, v.shape[1], heads, d).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(d) + bias[:, None]
+    return (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+
+
 def site_attention(q, k_text, v_text, image_tokens, i_to_k, i_to_v, heads):
     """SPEC §4: K = [k_text; w * E @ i_to_k^T ...], V likewise, one softmax over all keys.
     image_tokens: [(E of shape (1 or B, N, C), w), ...], one entry per set of image tokens."""
