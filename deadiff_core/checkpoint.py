@@ -52,15 +52,18 @@ def is_vision(key: str) -> bool:
 
 
 def expected_shapes(c: DEADiffConfig) -> dict:
-    """Every kept key and its shape, from the inferred dims: a mis-shaped tensor is named exactly."""
+    """Every kept key and its shape, from the inferred dims and how the parts connect (positions =
+    grid^2 + 1, cross-attention input = vision width, site input = Q-Former width): a mis-shaped tensor
+    is named exactly instead of failing later inside a matmul."""
     shapes = {}
     for branch in BRANCHES:
         b = f"{branch}_blip."
         if branch == "style" or not c.shared_vision:
             v = b + "visual_encoder."
             w = c.vision_width
+            grid = c.image_size // c.patch_size
             shapes.update({v + "conv1.weight": (w, 3, c.patch_size, c.patch_size), v + "class_embedding": (w,),
-                           v + "positional_embedding": (c.num_positions, w), v + "ln_pre.weight": (w,),
+                           v + "positional_embedding": (grid * grid + 1, w), v + "ln_pre.weight": (w,),
                            v + "ln_pre.bias": (w,), b + "ln_vision.weight": (w,), b + "ln_vision.bias": (w,)})
             for i in range(c.vision_layers):
                 r = f"{v}transformer.resblocks.{i}."
@@ -70,7 +73,7 @@ def expected_shapes(c: DEADiffConfig) -> dict:
                                r + "mlp.c_proj.weight": (w, 4 * w), r + "mlp.c_proj.bias": (w,)})
                 for n in ("ln_1", "ln_2"):
                     shapes.update({r + n + ".weight": (w,), r + n + ".bias": (w,)})
-        h, f, e = c.qformer_hidden, c.qformer_intermediate, c.encoder_hidden
+        h, f, e = c.qformer_hidden, c.qformer_intermediate, c.vision_width  # cross-attention reads the vision tokens
         q = b + "Qformer.bert."
         shapes.update({b + "query_tokens": (1, c.num_query_tokens, h),
                        q + "embeddings.word_embeddings.weight": (c.vocab_size, h),
@@ -97,17 +100,21 @@ def expected_shapes(c: DEADiffConfig) -> dict:
                        p + "LayerNorm.weight": (h,), p + "LayerNorm.bias": (h,)})
     for s in SITES:
         for p in ("i_to_k", "i_to_v"):
-            shapes[s.checkpoint_prefix + f"{p}.weight"] = (c.site_widths[s.name], c.context_dim)
+            shapes[s.checkpoint_prefix + f"{p}.weight"] = (c.site_widths[s.name], c.qformer_hidden)  # reads the tokens
     return shapes
 
 
 # ------------------------------------------------------------------ reading files
 
 class _Inert:
-    """Stands for any class a checkpoint's pickle names besides tensors: built from nothing, runs nothing."""
+    """Stands for any class a checkpoint's pickle names besides tensors: built from nothing, runs nothing.
+    It accepts whatever pickle does to objects (state, items, being called) and ignores it."""
 
     def __init__(self, *args, **kwargs):
         pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
 
     def __setstate__(self, state):
         pass
@@ -119,6 +126,14 @@ class _Inert:
         pass
 
     def extend(self, items):
+        pass
+
+
+class _StateDict(dict):
+    """collections.OrderedDict as `module.state_dict()` returns it (and Lightning saves it): pickled with
+    its `_metadata` attribute as state, which a plain dict could not take. The metadata is dropped."""
+
+    def __setstate__(self, state):
         pass
 
 
@@ -146,6 +161,10 @@ def _rebuild_parameter(data, *_):
     return data
 
 
+def _rebuild_from_type(func, new_type, args, state):
+    return func(*args)  # func is one of ours (see find_class): a tensor subclass is read as a plain tensor
+
+
 class _CheckpointUnpickler(pickle.Unpickler):
     """Reads a torch zip checkpoint's data.pkl into dicts of _LazyTensor: tensors are described, not
     loaded, and every other class becomes an _Inert placeholder. Nothing from the file is ever called."""
@@ -155,8 +174,10 @@ class _CheckpointUnpickler(pickle.Unpickler):
             return _LazyTensor
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _rebuild_parameter
+        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
+            return _rebuild_from_type
         if (module, name) == ("collections", "OrderedDict"):
-            return dict
+            return _StateDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         return _Inert
@@ -237,7 +258,13 @@ class _SafetensorsMapping:
 
 def _file_head(path: str) -> bytes:
     with open(path, "rb") as f:
-        return f.read(4)
+        return f.read(16)
+
+
+def _looks_like_safetensors(path: str, head: bytes) -> bool:
+    """By name, or by content (a renamed file): 8 bytes of header length, little-endian, then '{'."""
+    return path.lower().endswith((".safetensors", ".sft")) or (
+        len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path))
 
 
 def open_tensors(path: str):
@@ -247,14 +274,14 @@ def open_tensors(path: str):
     size = os.path.getsize(path)
     if size == 0:
         raise DEADiffCheckpointError(path, "the file is empty (0 bytes); download it again")
-    if path.lower().endswith((".safetensors", ".sft")):
+    head = _file_head(path)
+    if _looks_like_safetensors(path, head):
         try:
             handle = safe_open(path, framework="pt", device="cpu")
             return _SafetensorsMapping(handle), handle.metadata() or {}
         except Exception as e:
             raise DEADiffCheckpointError(
                 path, f"not a readable .safetensors file; it is truncated or corrupt ({e}); download it again") from e
-    head = _file_head(path)
     if head.startswith(b"PK") and not zipfile.is_zipfile(path):
         raise DEADiffCheckpointError(
             path, "is a zip archive (as torch checkpoints are) that is truncated or corrupt: its directory is "
@@ -310,6 +337,10 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     foreign = _describe_foreign(path, keys)
     if foreign:
         raise DEADiffCheckpointError(path, foreign)
+    if metadata.get("format") == COMPACT_FORMAT and metadata.get("format_version") != COMPACT_VERSION:
+        raise DEADiffCheckpointError(
+            path, f"is a {COMPACT_FORMAT} file of format version {metadata.get('format_version')!r}; this version "
+                  f"of the pack reads version {COMPACT_VERSION}: update the pack or convert deadiff_v1.ckpt again")
     kept_keys = [k for k in keys if is_kept(k)]
     content_vision = {k for k in kept_keys if k.startswith("content_blip.") and is_vision(k)}
     if not any(k.startswith("style_blip.") and is_vision(k) for k in kept_keys):
@@ -344,6 +375,9 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
         config = infer_config({k: tuple(v.shape) for k, v in tensors.items()}, shared_vision=shared)
     except KeyError as e:
         raise DEADiffCheckpointError(path, f"is missing {e.args[0]}: the file is incomplete or not deadiff_v1") from e
+    except (IndexError, ValueError) as e:
+        raise DEADiffCheckpointError(
+            path, f"has DEADiff tensors of unexpected rank or size ({e}); the file is corrupt or not deadiff_v1") from e
     expected = expected_shapes(config)
     missing = [k for k in expected if k not in tensors]
     if missing:
@@ -369,9 +403,17 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     return tensors, config, metadata
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf: min and max propagate both, in one pass and without a full-size mask."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def first_non_finite(named_tensors) -> str | None:
     """Name of the first tensor holding NaN or Inf, or None."""
-    return next((name for name, t in named_tensors if not torch.isfinite(t).all()), None)
+    return next((name for name, t in named_tensors if t.is_floating_point() and not _finite(t)), None)
 
 
 def compact_metadata(config: DEADiffConfig, source_name: str, source_sha256: str) -> dict:

@@ -53,13 +53,20 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False) -> dic
         raise ValueError("the destination must differ from the source")
     if os.path.exists(dst) and not force:
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise ValueError(f"the destination folder {os.path.dirname(os.path.abspath(dst))} does not exist")
     tensors, config, _ = read_deadiff_tensors(
         src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"))
     kept = {key: tensors.pop(key).contiguous() for key in sorted(tensors)}
     metadata = compact_metadata(config, os.path.basename(src), sha256_of(src))
     tmp = dst + ".partial"
-    save_file(kept, tmp, metadata=metadata)
-    os.replace(tmp, dst)
+    try:
+        save_file(kept, tmp, metadata=metadata)
+        os.replace(tmp, dst)
+    except Exception as e:  # disk full, no permission: no half-written file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not write {dst}: {e}") from e
     return {"source_bytes": os.path.getsize(src), "compact_bytes": os.path.getsize(dst), "tensors": len(kept)}
 
 
@@ -72,7 +79,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         sizes = convert(args.src, args.dst, args.dtype, args.force)
-    except (DEADiffCheckpointError, FileExistsError, ValueError) as e:
+    except (DEADiffCheckpointError, OSError, ValueError) as e:
         print(f"deadiff-convert: {e}", file=sys.stderr)
         return 2
     mib = 1 << 20

@@ -9,6 +9,7 @@ the official key list and shapes exactly (a test checks it).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ SITE_LEVEL = {"input_blocks.1": 0, "input_blocks.2": 0, "input_blocks.4": 1, "in
               "input_blocks.7": 2, "input_blocks.8": 2, "middle_block": 2, "output_blocks.3": 2,
               "output_blocks.4": 2, "output_blocks.5": 2, "output_blocks.6": 1, "output_blocks.7": 1,
               "output_blocks.8": 1, "output_blocks.9": 0, "output_blocks.10": 0, "output_blocks.11": 0}
+
+SITE_NAME = {b: "middle_0" if b == "middle_block" else b.replace("_blocks.", "_") for b in SITES}
 
 FULL_SIZE = dict(vision_width=1024, vision_layers=23, patch_size=14, image_size=224, qformer_hidden=768,
                  qformer_layers=12, qformer_intermediate=3072, num_query_tokens=16, vocab_size=30523,
@@ -52,6 +55,8 @@ def official_shapes(vision_width=64, vision_layers=2, patch_size=32, image_size=
     proj_intermediate = proj_intermediate or 4 * h
     if site_widths is None:
         site_widths = {b: model_channels * (1, 2, 4)[SITE_LEVEL[b]] for b in SITES}
+    else:  # keyed by LDM block ("input_blocks.1") or by site name ("input_1", "middle_0")
+        site_widths = {b: site_widths.get(b, site_widths.get(SITE_NAME[b])) for b in SITES}
     grid = image_size // patch_size
     shapes = {}
     for branch in ("style", "content"):
@@ -153,13 +158,41 @@ def frozen_sd_placeholders() -> dict:
             if not key.startswith(("style_", "content_", "ctx_")) and ".i_to_" not in key}
 
 
+class AttributeDict(dict):
+    """Stands for Lightning's hyper-parameter container: a class torch's weights-only loader refuses."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+
+class TrainingConfig:
+    """Stands for the config objects (OmegaConf, argparse) Lightning pickles into hyper_parameters."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def as_module_state_dict(state_dict: dict) -> OrderedDict:
+    """What `module.state_dict()` returns, as Lightning saves it: an OrderedDict with `_metadata`."""
+    ordered = OrderedDict(state_dict)
+    ordered._metadata = OrderedDict({"": {"version": 1}, "model": {"version": 1}})
+    return ordered
+
+
 def write_official_ckpt(path, state_dict: dict, extras: bool = True) -> Path:
-    """A Lightning-style .ckpt: {"state_dict": ..., "epoch", "global_step", ...}."""
+    """A Lightning .ckpt: {"state_dict": OrderedDict with _metadata, "epoch", "global_step",
+    "hyper_parameters" (non-tensor classes), "optimizer_states" (tensors we must not read), ...}."""
     path = Path(path)
-    checkpoint = {"state_dict": state_dict}
+    checkpoint = {"state_dict": as_module_state_dict(state_dict)}
     if extras:
-        checkpoint.update({"epoch": 3, "global_step": 12000, "pytorch-lightning_version": "1.9.0",
-                           "hyper_parameters": {"learning_rate": 1e-5, "scheduler": "cosine"}})
+        checkpoint.update({
+            "epoch": 3, "global_step": 12000, "pytorch-lightning_version": "1.9.0",
+            "hyper_parameters": AttributeDict(learning_rate=1e-5, config=TrainingConfig(target="deadiff.DEADiff")),
+            "hparams_name": "kwargs",
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(12000.0), "exp_avg": torch.zeros(8)}},
+                                  "param_groups": [{"lr": 1e-5, "params": [0]}]}],
+            "lr_schedulers": [], "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None}},
+        })
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)

@@ -212,6 +212,18 @@ BAD_FILES = {
                             "input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight contains NaN"),
     "integer weights": (lambda f, t: mutated(f, t, "int.safetensors", lambda sd: sd.update(
         {"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)})), "dtype torch.int32"),
+    "cross-attention not reading the vision width": (lambda f, t: mutated(f, t, "kv.safetensors", lambda sd: [
+        sd.update({k: torch.zeros(64, 128)}) for k in list(sd) if ".crossattention.self.key.weight" in k
+        or ".crossattention.self.value.weight" in k]),
+        "crossattention.self.key.weight has shape [64, 128] but [64, 64] was expected"),
+    "sites not reading the Q-Former width": (lambda f, t: mutated(f, t, "ctx.safetensors", lambda sd: [
+        sd.update({k: torch.zeros(sd[k].shape[0], 96)}) for k in list(sd) if ".i_to_" in k]),
+        "i_to_k.weight has shape [32, 96] but [32, 64] was expected"),
+    "positions not a square grid plus one": (lambda f, t: mutated(f, t, "grid.safetensors", lambda sd: [
+        sd.update({k: torch.zeros(52, 64)}) for k in list(sd) if k.endswith("positional_embedding")]),
+        "positional_embedding has shape [52, 64] but [50, 64] was expected"),
+    "scalar query tokens": (lambda f, t: mutated(f, t, "scalar.safetensors", lambda sd: sd.update(
+        {"style_blip.query_tokens": torch.zeros(())})), "unexpected rank or size"),
     "not a zip although .ckpt": (lambda f, t: _write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
                                  "not a PyTorch checkpoint"),
 }
@@ -241,3 +253,108 @@ def test_state_dict_at_top_level_is_accepted(files, tmp_path):
     torch.save(files["sd"], buffer)
     path = _write(tmp_path / "plain_state_dict.pt", buffer.getvalue())
     assert load_deadiff(path).config.num_query_tokens == 16
+
+
+# ------------------------------------------------------------------ the fakes are the official layout
+
+def test_fakes_at_full_size_reproduce_the_official_key_list():
+    """Every key, shape and dtype of shared/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
+    generated = deadiff_fakes.official_shapes(**deadiff_fakes.FULL_SIZE)
+    frozen = {k for k in (row[0] for row in deadiff_fakes.official_table()) if k not in generated}
+    assert len(generated) + len(frozen) == 2562
+    for key, shape, dtype in deadiff_fakes.official_table():
+        if key in generated:
+            assert generated[key] == (shape, dtype), key
+    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) or "." not in k
+               for k in frozen)
+    assert not any(".i_to_" in k for k in frozen)
+
+
+# ------------------------------------------------------------------ how a .ckpt is read
+
+class CallsPartial:
+    """Unpickling this would build functools.partial(os.system, ...) and then call it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import functools
+
+        return (functools.partial(os.system, f"touch {self.marker}"), ())
+
+
+def test_lightning_extras_of_any_shape_are_inert(files, tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "extras.ckpt"
+    torch.save({"state_dict": deadiff_fakes.as_module_state_dict(files["sd"]), "callbacks": CallsPartial(marker),
+                "hyper_parameters": deadiff_fakes.AttributeDict(cfg=deadiff_fakes.TrainingConfig(lr=1.0))}, path)
+    assert torch.equal(tokens(load_deadiff(path)), tokens(load_deadiff(files["safetensors"])))
+    assert not marker.exists()
+
+
+def test_only_the_kept_records_of_a_ckpt_are_read(files, tmp_path):
+    """The frozen UNet / VAE / text encoder records are never touched: a .ckpt without them loads."""
+    source, hollow = zipfile.ZipFile(files["ckpt"]), tmp_path / "hollow_unet.ckpt"
+    from deadiff_core.checkpoint import is_kept
+
+    kept = {k for k in files["sd"] if is_kept(k)}  # incl. the second vision copy, read to compare
+    sd_keys = list(files["sd"])
+    names = source.namelist()
+    pkl = next(n for n in names if n.endswith("data.pkl"))
+    from deadiff_core.checkpoint import _ZipCheckpoint
+
+    lazy = _ZipCheckpoint(str(files["ckpt"]))._lazy
+    needed = {f"{pkl[:-len('data.pkl')]}data/{lazy[k].key}" for k in kept}
+    dropped = 0
+    with zipfile.ZipFile(hollow, "w") as out:
+        for name in names:
+            if "/data/" in name and name not in needed:
+                dropped += 1
+                continue
+            out.writestr(source.getinfo(name), source.read(name))
+    assert dropped >= len([k for k in sd_keys if k.startswith("model.diffusion_model.input_blocks.0")])
+    assert torch.equal(tokens(load_deadiff(hollow)), tokens(load_deadiff(files["ckpt"])))
+    with pytest.raises(Exception):
+        torch.load(hollow, weights_only=False)
+
+
+def test_a_safetensors_file_is_recognised_whatever_its_name(files, tmp_path):
+    renamed = _write(tmp_path / "deadiff_v1.ckpt", files["safetensors"].read_bytes())
+    assert torch.equal(tokens(load_deadiff(renamed)), tokens(load_deadiff(files["safetensors"])))
+
+
+# ------------------------------------------------------------------ dtypes
+
+def test_loading_in_half_precision_casts_every_tensor_and_encodes_close_to_fp32(files):
+    full = load_deadiff(files["ckpt"])
+    for dtype in (torch.float16, torch.bfloat16):
+        half = load_deadiff(files["ckpt"], dtype=dtype)
+        assert {p.dtype for p in half.parameters()} == {dtype}
+        out = half.encoder.encode(IMAGES, "content")
+        assert out.dtype == dtype
+        reference = full.encoder.encode(IMAGES, "content")
+        assert ((out.float() - reference).abs().max() / reference.abs().max()) < 5e-2
+        k, v = half.injection.projections("output_11")
+        assert k.dtype == v.dtype == dtype and k.shape == (32, 64)
+
+
+def test_compact_files_of_another_format_version_are_refused(files, tmp_path):
+    out = tmp_path / "compact.safetensors"
+    assert convert_main([str(files["safetensors"]), str(out), "--dtype", "fp32"]) == 0
+    tensors = load_file(str(out))
+    from safetensors import safe_open
+
+    meta = dict(safe_open(str(out), "pt").metadata())
+    meta["format_version"] = "99"
+    save_file(tensors, str(tmp_path / "future.safetensors"), metadata=meta)
+    with pytest.raises(DEADiffCheckpointError, match="future.safetensors: is a deadiff-compact file of format version "
+                                                     "'99'"):
+        load_deadiff(tmp_path / "future.safetensors")
+
+
+def test_convert_reports_a_missing_destination_folder(files, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "folder" / "compact.safetensors"
+    assert convert_main([str(files["ckpt"]), str(out)]) == 2
+    assert f"the destination folder {out.parent} does not exist" in capsys.readouterr().err
+    assert not out.parent.exists()
