@@ -1,0 +1,61 @@
+"""Console progress for a headless run: one line per node as ComfyUI starts it, a bar for its steps.
+
+ComfyUI reports node starts through its executor's "executing" messages and step progress (the
+sampler's steps, for one) through `comfy.utils.ProgressBar`, whose global hook this reporter is.
+"""
+from __future__ import annotations
+
+import sys
+
+try:
+    from tqdm import tqdm
+except ImportError:  # tqdm is a ComfyUI requirement, but stay usable without it
+    tqdm = None
+
+
+class ProgressReporter:
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.titles: dict = {}
+        self.total_nodes = 0
+        self.started = 0
+        self.current = None
+        self.bar = None
+        self.last_step = None
+
+    def start(self, prompt: dict, outputs) -> None:
+        self.titles = {nid: node.get("_meta", {}).get("title", node.get("class_type")) for nid, node in prompt.items()}
+        self.total_nodes = len(prompt)
+        self.started = 0
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.last_step = None
+
+    def node_started(self, node_id: str) -> None:
+        self._close_bar()
+        self.current = node_id
+        self.started += 1
+        if not self.quiet:
+            print(f"[{self.started}/{self.total_nodes}] {self.titles.get(node_id, node_id)}", file=self.stream,
+                  flush=True)
+
+    def step(self, value, total, preview=None, node_id=None, prompt_id=None) -> None:
+        """comfy.utils.ProgressBar's global hook."""
+        if self.quiet:
+            return
+        label = self.titles.get(str(node_id) if node_id is not None else self.current, "")
+        if tqdm is not None:
+            if self.bar is None or self.bar.total != total:
+                self._close_bar()
+                self.bar = tqdm(total=total, desc=f"  {label}", file=self.stream, leave=True, dynamic_ncols=True)
+            self.bar.update(max(0, value - self.bar.n))
+        elif value != self.last_step:
+            print(f"  {label}: {value}/{total}", file=self.stream, flush=True)
+        self.last_step = value
+
+    def finish(self) -> None:
+        self._close_bar()
