@@ -150,8 +150,8 @@ def probe_module(comfy):
     return comfy.module("DEADiffTest_ProbeSampler")
 
 
-def check_against_reference(comfy, official_sd, prompt, nodes, injections, cfg, key):
-    out = comfy.run(prompt)
+def check_against_reference(comfy, official_sd, out, nodes, injections, cfg, key):
+    """Every step `out`'s graph recorded under `key` must match the reference's prediction."""
     ref = ReferenceUNet(out[nodes["tiny"].id][0], official_sd)
     cond = out[nodes["pos"].id][0][0][0]
     uncond = out[nodes["neg"].id][0][0][0]
@@ -161,7 +161,7 @@ def check_against_reference(comfy, official_sd, prompt, nodes, injections, cfg, 
         active = [dict(inj, active=inj["window"](sigma)) for inj in injections]
         expected = reference_denoised(ref, x, sigma, cond, uncond, active, cfg)
         assert_matches(denoised, expected)
-    return out, records
+    return records
 
 
 TOLERANCE = 2e-5
@@ -190,7 +190,7 @@ def test_prediction_matches_reference(comfy, official_sd, deadiff_name, style, c
         inj["style"] = tokens_of(out, nodes["style"])
     if content:
         inj["content"] = tokens_of(out, nodes["content"])
-    check_against_reference(comfy, official_sd, prompt, nodes, [inj], 7.5, key)
+    check_against_reference(comfy, official_sd, out, nodes, [inj], 7.5, key)
 
 
 def test_reference_differs_without_deadiff(comfy, official_sd, deadiff_name):
@@ -213,7 +213,7 @@ def test_window_follows_percent_to_sigma(comfy, official_sd, deadiff_name):
     sampling = out[nodes["tiny"].id][0].get_model_object("model_sampling")
     start, end = sampling.percent_to_sigma(0.3), sampling.percent_to_sigma(0.8)
     inj = {"window": lambda s: end <= s <= start, "style": tokens_of(out, nodes["style"]), "style_weight": 1.0}
-    _, records = check_against_reference(comfy, official_sd, prompt, nodes, [inj], 7.5, key)
+    records = check_against_reference(comfy, official_sd, out, nodes, [inj], 7.5, key)
     inside = [end <= sigma <= start for sigma, _, _ in records]
     assert any(inside) and not all(inside), f"window should cover some steps only: {inside}"
 
@@ -223,7 +223,7 @@ def test_cfg_one_runs_the_cond_pass_only(comfy, official_sd, deadiff_name):
     prompt, nodes = build(deadiff_name, cfg=1.0, key=key)
     out = comfy.run(prompt)
     inj = {"window": lambda s: True, "style": tokens_of(out, nodes["style"]), "style_weight": 1.0}
-    check_against_reference(comfy, official_sd, prompt, nodes, [inj], 1.0, key)
+    check_against_reference(comfy, official_sd, out, nodes, [inj], 1.0, key)
 
 
 def test_latent_batch_of_two(comfy, official_sd, deadiff_name):
@@ -231,7 +231,7 @@ def test_latent_batch_of_two(comfy, official_sd, deadiff_name):
     prompt, nodes = build(deadiff_name, batch=2, key=key)
     out = comfy.run(prompt)
     inj = {"window": lambda s: True, "style": tokens_of(out, nodes["style"]), "style_weight": 1.0}
-    check_against_reference(comfy, official_sd, prompt, nodes, [inj], 7.5, key)
+    check_against_reference(comfy, official_sd, out, nodes, [inj], 7.5, key)
 
 
 def test_two_apply_nodes_compose(comfy, official_sd, deadiff_name):
@@ -241,7 +241,7 @@ def test_two_apply_nodes_compose(comfy, official_sd, deadiff_name):
     out = comfy.run(prompt)
     first = {"window": lambda s: True, "style": tokens_of(out, nodes["style"]), "style_weight": 1.0}
     second = {"window": lambda s: True, "style": tokens_of(out, nodes["style2"]), "style_weight": 0.5}
-    check_against_reference(comfy, official_sd, prompt, nodes, [first, second], 7.5, key)
+    check_against_reference(comfy, official_sd, out, nodes, [first, second], 7.5, key)
 
 
 def test_input_model_is_not_mutated_and_runs_repeat_exactly(comfy, deadiff_name):
