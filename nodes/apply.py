@@ -1,6 +1,7 @@
 """Apply Disentangled Conditioning: style tokens to the fine layers, content tokens to the coarse ones."""
 from __future__ import annotations
 
+from ..deadiff_core.masks import as_mask_batch
 from ..deadiff_core.routing import CONTENT, SITES, STYLE
 from .attention_patch import DEADiffSitePatch, Injection
 from .compatibility import check_model
@@ -81,7 +82,7 @@ class DEADiffApply:
             weights={STYLE: float(style_weight), CONTENT: float(content_weight)},
             sigma_start=float(sampling.percent_to_sigma(start_at)),
             sigma_end=float(sampling.percent_to_sigma(end_at)),
-            mask=None if attn_mask is None else (attn_mask if attn_mask.ndim == 3 else attn_mask.unsqueeze(0)),
+            mask=None if attn_mask is None else as_mask_batch(attn_mask),
         )
         patched = model.clone()
         for site in SITES:

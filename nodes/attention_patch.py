@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from comfy.ldm.modules.attention import optimized_attention, optimized_attention_masked
 
+from ..deadiff_core.masks import resize_to_grid
 from ..deadiff_core.attention import disentangled_attention, image_key_bias, image_keys_values
 from ..deadiff_core.routing import Site
 
@@ -80,9 +80,7 @@ class Injection:
         """The mask resized to one site's grid, (masks, height * width)."""
         key = (height, width, device, dtype)
         if key not in self._masks:
-            mask = self.mask.to(device=device, dtype=torch.float32).unsqueeze(1)
-            mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
-            self._masks[key] = mask.flatten(1).clamp(0.0, 1.0).to(dtype)
+            self._masks[key] = resize_to_grid(self.mask.to(device), height, width).to(dtype)
         return self._masks[key]
 
 
