@@ -8,10 +8,12 @@ are read. torch's legacy non-zip format goes through torch's weights-only unpick
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import pickle
+import re
 import zipfile
 from typing import Iterable
 
@@ -24,6 +26,9 @@ from .routing import BRANCHES, SITES
 
 COMPACT_FORMAT = "deadiff-compact"
 COMPACT_VERSION = "1"
+# Learned tensors that identify a DEADiff model's weights (see `read_deadiff_tensors`).
+FINGERPRINT_KEYS = tuple(f"{b}_blip.query_tokens" for b in BRANCHES) + tuple(
+    f"{b}_proj_layer.dense2.bias" for b in BRANCHES)
 
 
 # ------------------------------------------------------------------ which keys DEADiff adds
@@ -110,6 +115,8 @@ class _Inert:
     """Stands for any class a checkpoint's pickle names besides tensors: built from nothing, runs nothing.
     It accepts whatever pickle does to objects (state, items, being called) and ignores it."""
 
+    origin = "a Python object"  # subclasses made by _inert() name what the pickle asked for
+
     def __init__(self, *args, **kwargs):
         pass
 
@@ -127,6 +134,21 @@ class _Inert:
 
     def extend(self, items):
         pass
+
+
+_INERT_CLASSES: dict = {}
+
+
+def _inert(module: str, name: str) -> type:
+    """An _Inert subclass standing for `module.name`, so an error can say what the file asked for."""
+    key = (str(module), str(name))
+    if key not in _INERT_CLASSES:
+        _INERT_CLASSES[key] = type("Inert", (_Inert,), {"origin": f"{key[0]}.{key[1]}"})
+    return _INERT_CLASSES[key]
+
+
+class _NotAStateDict(ValueError):
+    """A readable checkpoint that holds something other than a dict of tensors."""
 
 
 class _StateDict(dict):
@@ -180,7 +202,7 @@ class _CheckpointUnpickler(pickle.Unpickler):
             return _StateDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        return _Inert
+        return _inert(module, name)
 
     def persistent_load(self, pid):
         kind, storage_type, key = pid[0], pid[1], pid[2]
@@ -221,7 +243,10 @@ class _ZipCheckpoint:
         if isinstance(root, dict) and isinstance(root.get("state_dict"), dict):
             root = root["state_dict"]
         if not isinstance(root, dict):
-            raise ValueError(f"holds a {type(root).__name__}, not a state_dict of tensors")
+            what = root.origin if isinstance(root, _Inert) else type(root).__name__
+            raise _NotAStateDict(
+                f"holds {what} (as a placeholder: nothing from the file was run), not a state_dict of tensors; "
+                "it is not a DEADiff model: Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)")
         self._lazy = _flatten(root, _LazyTensor)
 
     def keys(self):
@@ -294,6 +319,19 @@ def open_tensors(path: str):
         if zipfile.is_zipfile(path):
             return _ZipCheckpoint(path), {}
         data = torch.load(path, map_location="cpu", weights_only=True)  # torch's legacy format
+    except _NotAStateDict as e:
+        raise DEADiffCheckpointError(path, str(e)) from e
+    except pickle.UnpicklingError as e:
+        refused = _refused_pickle(str(e))
+        if refused:
+            raise DEADiffCheckpointError(
+                path, f"is a pickle that {refused}: it was refused without running anything from it. The "
+                      "official deadiff_v1.ckpt is a torch zip archive of tensors; download it again from "
+                      "Hugging Face qth/DEADiff. Do not open this file with torch.load(weights_only=False): a file "
+                      "like this can run code on your machine") from e
+        raise DEADiffCheckpointError(
+            path, f"could not be read as a checkpoint; it is truncated or corrupt (UnpicklingError: {e}); "
+                  "download it again") from e
     except Exception as e:
         raise DEADiffCheckpointError(
             path, f"could not be read as a checkpoint; it is truncated or corrupt ({type(e).__name__}: {e}); "
@@ -303,6 +341,19 @@ def open_tensors(path: str):
     if not isinstance(data, dict):
         raise DEADiffCheckpointError(path, f"holds a {type(data).__name__}, not a state_dict of tensors")
     return _flatten(data, torch.Tensor), {}
+
+
+def _refused_pickle(message: str) -> str | None:
+    """What torch's weights-only unpickler refused (a global, an opcode), or None if it was not that."""
+    if "Weights only load failed" not in message:
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"[Uu]nsupported global: ([\w.]+)", message)
+    if found:
+        return f"asks for the Python object {found.group(1)}, which is not a tensor"
+    found = re.search(r"Unsupported operand (\d+)", message)
+    if found:
+        return f"uses pickle instruction {int(found.group(1)):#04x}, which torch's safe loader does not accept"
+    return "asks for Python objects that are not tensors"
 
 
 # ------------------------------------------------------------------ what the file is
@@ -330,7 +381,11 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     """The kept tensors under their official names (vision tower once when both copies are equal),
     the inferred config, and the file's metadata. Floating tensors are cast to `dtype` one by one as
     they are read, so the peak memory stays near what is kept. `progress(iterable, total)` may wrap
-    the reading loop (a progress bar)."""
+    the reading loop (a progress bar).
+
+    The returned metadata also holds "weights_fingerprint": a hash of a few learned tensors rounded
+    to fp16 from the file's own values, so the official .ckpt and its compact conversions (fp16 or
+    fp32) agree, whatever dtype they are loaded in. Saved tokens record it."""
     path = str(path)
     mapping, metadata = open_tensors(path)
     keys = list(mapping.keys())
@@ -352,12 +407,15 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     # Without a second copy (our compact file), both branches use the one tower. With one, it is
     # compared tensor by tensor in the file's own dtype and kept only if some tensor differs.
     shared = True
+    digests = {}
     try:
         tensors = {}
         for k in (progress or (lambda it, total: it))(kept_keys, len(kept_keys)):
             if k in content_vision:
                 continue
             value = mapping[k]
+            if k in FINGERPRINT_KEYS:
+                digests[k] = hashlib.sha256(value.to(torch.float16).contiguous().numpy().tobytes()).hexdigest()
             twin = k.replace("style_blip.", "content_blip.", 1)
             if content_vision and shared and k.startswith("style_blip.") and is_vision(k):
                 shared = twin in content_vision and torch.equal(value, mapping[twin])
@@ -388,19 +446,53 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
         if tuple(tensors[k].shape) != shape:
             raise DEADiffCheckpointError(
                 path, f"tensor {k} has shape {list(tensors[k].shape)} but {list(shape)} was expected from the "
-                      "file's other tensors")
+                      f"file's other tensors; {_CORRUPT}")
+    problem = _impossible_dimensions(config)
+    if problem:
+        raise DEADiffCheckpointError(path, f"{problem}; {_CORRUPT}")
     for k, v in tensors.items():
         if not v.is_floating_point():
-            raise DEADiffCheckpointError(path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point")
+            raise DEADiffCheckpointError(
+                path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point; {_CORRUPT}")
     # The small per-site projections are checked here; the encoders' NaN/Inf show in their output
     # (checked at every encode), which spares a full pass over a gigabyte at each load.
     bad = first_non_finite((k, tensors[k]) for k in SITE_KEYS)
     if bad:
-        raise DEADiffCheckpointError(path, f"tensor {bad} contains NaN or Inf values; the file is corrupt")
+        raise DEADiffCheckpointError(path, f"tensor {bad} contains NaN or Inf values; {_CORRUPT}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise DEADiffCheckpointError(path, f"has unexpected DEADiff tensors, e.g. {', '.join(extra[:5])}")
-    return tensors, config, metadata
+        raise DEADiffCheckpointError(path, f"has unexpected DEADiff tensors, e.g. {', '.join(extra[:5])}; {_CORRUPT}")
+    fingerprint = hashlib.sha256("".join(digests[k] for k in FINGERPRINT_KEYS).encode()).hexdigest()[:16]
+    return tensors, config, {**metadata, "weights_fingerprint": fingerprint}
+
+
+_CORRUPT = "the file is corrupt or not deadiff_v1: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)"
+
+
+def _impossible_dimensions(c: DEADiffConfig) -> str | None:
+    """Dimensions that are consistent across the file's tensors but that the DEADiff encoders cannot run
+    with (they would fail later with a bare ZeroDivisionError or IndexError)."""
+    from .config import BERT, HEAD_WIDTH, VISION
+    from .qformer import TEXT_IDS
+    word_ids = max(i for ids in TEXT_IDS.values() for i in ids)
+    text_length = max(len(ids) for ids in TEXT_IDS.values())
+    if c.vision_width % HEAD_WIDTH:
+        return (f"the vision width {c.vision_width} (from {VISION}conv1.weight) is not a multiple of {HEAD_WIDTH}, "
+                "the head width of DEADiff's CLIP vision tower (1024 in deadiff_v1)")
+    if c.qformer_hidden % HEAD_WIDTH:
+        return (f"the Q-Former width {c.qformer_hidden} (from {BERT}embeddings.word_embeddings.weight) is not a "
+                f"multiple of {HEAD_WIDTH}, the head width of DEADiff's BERT Q-Former (768 in deadiff_v1)")
+    if c.vocab_size <= word_ids:
+        return (f"{BERT}embeddings.word_embeddings.weight has {c.vocab_size} rows, but DEADiff asks its Q-Formers "
+                f"'style' and 'content' with token ids up to {word_ids} (the bert-base-uncased vocabulary, 30523 "
+                "rows in deadiff_v1)")
+    if c.max_positions < text_length:
+        return (f"{BERT}embeddings.position_embeddings.weight has {c.max_positions} rows; DEADiff's text needs "
+                f"{text_length} (512 in deadiff_v1)")
+    if c.num_query_tokens < 1 or c.image_size < 1:
+        return (f"the file describes {c.num_query_tokens} query tokens and {c.image_size}-pixel images "
+                "(16 and 224 in deadiff_v1)")
+    return None
 
 
 def _finite(t: torch.Tensor) -> bool:

@@ -22,10 +22,15 @@ def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
 def resize_to_grid(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, H, W) mask -> (B, height * width) weights in 0..1, row-major like the site's queries.
 
-    Bilinear with area-like averaging when shrinking (antialias), so a thin masked stripe keeps its
-    share on a coarse grid; values outside 0..1 (and NaN) are clamped, NaN counting as 0.
+    Shrinking averages the mask over each grid cell (the share of the cell it covers, so a thin
+    stripe keeps its share and two masks that split the image still split every grid); enlarging
+    is bilinear. Values outside 0..1 are clamped and NaN counts as 0.
     """
     mask = torch.nan_to_num(mask.float(), nan=0.0).clamp(0.0, 1.0).unsqueeze(1)
-    shrinking = height < mask.shape[-2] or width < mask.shape[-1]
-    mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
+    source = tuple(mask.shape[-2:])
+    upper = (max(source[0], height), max(source[1], width))
+    if upper != source:
+        mask = F.interpolate(mask, size=upper, mode="bilinear", align_corners=False)
+    if upper != (height, width):
+        mask = F.interpolate(mask, size=(height, width), mode="area")
     return mask.flatten(1).clamp(0.0, 1.0)

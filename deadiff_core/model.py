@@ -64,6 +64,7 @@ class DEADiffModel(nn.Module):
     def __init__(self, config: DEADiffConfig, source: str = "DEADiff model"):
         super().__init__()
         self.config = config
+        self.fingerprint = ""  # identifies the weights (set by load_deadiff; saved tokens record it)
         self.encoder = DualEncoder(config, source)
         self.injection = SiteProjections(config)
 
@@ -100,8 +101,10 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
 
 def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
     """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
-    tensors, config, _ = read_deadiff_tensors(str(path), dtype)
+    tensors, config, metadata = read_deadiff_tensors(str(path), dtype)
     try:
-        return build_model(tensors, config, dtype, source=str(path))
+        model = build_model(tensors, config, dtype, source=str(path))
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
+    model.fingerprint = metadata["weights_fingerprint"]
+    return model

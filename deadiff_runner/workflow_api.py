@@ -171,6 +171,9 @@ def widget_values(node: dict, info: dict) -> dict:
     layout = widget_layout(info)
     if isinstance(values, dict):  # some front-end extensions save widgets by name
         return {w.name: values[w.name] for w in layout if w.sent and w.name in values}
+    optional = set((info.get("input") or {}).get("optional") or {})
+    if len(values) < len(layout) and all(w.name in optional for w in layout[len(values):]):
+        layout = layout[:len(values)]  # saved before these optional widgets existed: they keep their defaults
     if len(values) != len(layout):
         # workflows saved by front ends that still kept a value for each forceInput input
         legacy = widget_layout(info, include_force_input=True)

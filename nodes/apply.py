@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..deadiff_core.masks import as_mask_batch
-from ..deadiff_core.routing import CONTENT, SITES, STYLE
+from ..deadiff_core.routing import CONTENT, SITES, STYLE, Routing
 from .attention_patch import DEADiffSitePatch, Injection
 from .compatibility import check_model
 from .loader import CATEGORY
@@ -21,16 +21,30 @@ def _existing_patch(model_options: dict, site):
     return replace.get(site.comfy_block + (0,)) or replace.get(site.comfy_block)
 
 
-def _check_tokens(tokens, branch: str, deadiff):
+def _check_tokens(tokens, branch: str, deadiff, input_name: str):
     if tokens is None:
         return None
     if tokens.branch != branch:
-        raise ValueError(f"The {branch} input got {tokens.branch} tokens: connect the DEADiff "
-                         f"{branch.capitalize()} Encoder to it.")
+        raise ValueError(f"The {input_name} input got {tokens.branch} tokens: connect a DEADiff "
+                         f"{branch.capitalize()} Encoder (or a {branch} mix / saved {branch}) to it.")
     if tokens.width != deadiff.config.context_dim:
         raise ValueError(f"These {branch} tokens are {tokens.width} wide but {deadiff.name} expects "
                          f"{deadiff.config.context_dim}: encode the reference with the same DEADiff file.")
-    return tokens.joined()
+    if tokens.source != deadiff.fingerprint:
+        raise ValueError(f"The {input_name} tokens were made with another DEADiff file "
+                         f"({tokens.source_name or 'unknown'}, weights {tokens.source}) than the one connected here "
+                         f"({deadiff.name}, weights {deadiff.fingerprint}): encode the reference with {deadiff.name}.")
+    return tokens.for_attention()
+
+
+def _check_negative(positive, negative, branch: str, deadiff):
+    """The negative pass runs in the same batch as the positive one, so both need as many tokens."""
+    if negative is None:
+        return
+    count = deadiff.config.num_query_tokens if positive is None else positive.shape[1]
+    if negative.shape[1] != count:
+        raise ValueError(f"negative_{branch} has {negative.shape[1]} tokens but the {branch} side has {count}: "
+                         f"give the negative reference as many images (or the same batch_mode) as the {branch} one.")
 
 
 class DEADiffApply:
@@ -66,20 +80,35 @@ class DEADiffApply:
                                                            "layers get 16 zero tokens, as the official 'style' mode."}),
                 "attn_mask": ("MASK", {"tooltip": "Where the reference acts (1) and where the image follows the prompt "
                                                   "alone (0). Any size; one mask or one per latent."}),
+                "negative_style": ("DEADIFF_STYLE", {
+                    "tooltip": "Optional (not in the official method): a style to steer away from. Its tokens "
+                               "replace the zero tokens of the negative prompt's pass at the style layers."}),
+                "negative_content": ("DEADIFF_CONTENT", {
+                    "tooltip": "Optional (not in the official method): content to steer away from, in the "
+                               "negative pass at the content layers."}),
+                "routing": ("DEADIFF_ROUTING", {
+                    "tooltip": "Optional, for research: which layers get which tokens, from DEADiff Layer Routing. "
+                               "Unconnected: the official split (style to 11 fine layers, content to 5 coarse)."}),
             },
         }
 
     def apply(self, model, deadiff, style_weight, content_weight, start_at, end_at,
-              style=None, content=None, attn_mask=None):
+              style=None, content=None, attn_mask=None, negative_style=None, negative_content=None, routing=None):
         if start_at > end_at:
             raise ValueError(f"start_at ({start_at}) is after end_at ({end_at}): the tokens would never act. "
                              "Set start_at <= end_at.")
         check_model(model, deadiff)
         sampling = model.get_model_object("model_sampling")
+        tokens = {STYLE: _check_tokens(style, STYLE, deadiff, "style"),
+                  CONTENT: _check_tokens(content, CONTENT, deadiff, "content")}
+        negative = {STYLE: _check_tokens(negative_style, STYLE, deadiff, "negative_style"),
+                    CONTENT: _check_tokens(negative_content, CONTENT, deadiff, "negative_content")}
+        for branch in (STYLE, CONTENT):
+            _check_negative(tokens[branch], negative[branch], branch, deadiff)
         injection = Injection(
-            deadiff,
-            tokens={STYLE: _check_tokens(style, STYLE, deadiff), CONTENT: _check_tokens(content, CONTENT, deadiff)},
+            deadiff, tokens=tokens, negative=negative,
             weights={STYLE: float(style_weight), CONTENT: float(content_weight)},
+            routing=routing if routing is not None else Routing.official(),
             sigma_start=float(sampling.percent_to_sigma(start_at)),
             sigma_end=float(sampling.percent_to_sigma(end_at)),
             mask=None if attn_mask is None else as_mask_batch(attn_mask),

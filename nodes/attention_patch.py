@@ -19,31 +19,38 @@ from comfy.ldm.modules.attention import optimized_attention, optimized_attention
 
 from ..deadiff_core.masks import resize_to_grid
 from ..deadiff_core.attention import disentangled_attention, image_key_bias, image_keys_values
-from ..deadiff_core.routing import Site
+from ..deadiff_core.routing import Routing, Site
 
 _CACHE_LIMIT = 32
 _NO_WINDOW_START = 999999999.0
 
 
 class Injection:
-    """One Apply node's contribution at every site: tokens per branch, weights, window, mask."""
+    """One Apply node's contribution at every site: tokens per branch (for the conditional and the
+    unconditional pass), weights, routing, window, mask."""
 
-    def __init__(self, deadiff, tokens: dict, weights: dict, sigma_start: float, sigma_end: float,
-                 mask: Optional[torch.Tensor]):
+    def __init__(self, deadiff, tokens: dict, negative: dict, weights: dict, routing: Routing,
+                 sigma_start: float, sigma_end: float, mask: Optional[torch.Tensor]):
         self.deadiff = deadiff
-        self.tokens = tokens            # branch -> (1, N, width) tensor, or None: zero tokens
+        self.tokens = tokens            # branch -> (items, N, width) tensor, or None: zero tokens
+        self.negative = negative        # the same for the unconditional pass (None: zero tokens, official)
         self.weights = weights          # branch -> float
+        self.routing = routing
         self.sigma_start = sigma_start  # active while sigma_end <= sigma <= sigma_start
         self.sigma_end = sigma_end
         self.mask = mask                # (masks, H, W) in 0..1, or None
         self.windowed = sigma_start < _NO_WINDOW_START or sigma_end > 0.0
-        self._kv = {}      # (site name, device, dtype) -> (keys, values)
+        self._kv = {}      # (site name, unconditional, device, dtype) -> (keys, values)
         self._masks = {}   # (height, width, device, dtype) -> resized mask
         self._sigmas_seen = None
         self._active_now = True
 
     def token_count(self, site: Site) -> int:
-        tokens = self.tokens.get(site.branch)
+        """How many keys this injection adds at `site` (0 where routing turns it off)."""
+        route = self.routing.route(site)
+        if route is None:
+            return 0
+        tokens = self.tokens.get(route.branch)
         return self.deadiff.config.num_query_tokens if tokens is None else tokens.shape[1]
 
     def active(self, sigmas: torch.Tensor) -> bool:
@@ -57,23 +64,24 @@ class Injection:
             self._active_now = self.sigma_end <= sigma <= self.sigma_start
         return self._active_now
 
-    def cond_kv(self, site: Site, device: torch.device, dtype: torch.dtype):
-        """(1, N, width) keys and values of this injection's tokens at `site`, computed once."""
-        key = (site.name, device, dtype)
+    def kv(self, site: Site, unconditional: bool, device: torch.device, dtype: torch.dtype):
+        """(items, N, width) keys and values of this injection's tokens at `site`, computed once."""
+        key = (site.name, unconditional, device, dtype)
         if key not in self._kv:
-            tokens = self.tokens.get(site.branch)
+            route = self.routing.route(site)
+            tokens = (self.negative if unconditional else self.tokens).get(route.branch)
             i_to_k, i_to_v = self.deadiff.model.injection.projections(site.name)
-            if tokens is None:  # unused branch: zero tokens, and bias-free projections of zeros are zeros
+            if tokens is None:  # zero tokens, and bias-free projections of zeros are zeros
                 shape = (1, self.token_count(site), i_to_k.shape[0])
                 k = v = torch.zeros(shape, device=device, dtype=dtype)
             else:
                 k, v = image_keys_values(tokens.to(device=device, dtype=dtype), i_to_k, i_to_v,
-                                         self.weights[site.branch])
+                                         self.weights[route.branch] * route.scale)
             self._kv[key] = (k, v)
         return self._kv[key]
 
     def drop_cache_except(self, device: torch.device) -> None:
-        self._kv = {k: v for k, v in self._kv.items() if k[1] == device}
+        self._kv = {k: v for k, v in self._kv.items() if k[2] == device}
         self._masks = {k: v for k, v in self._masks.items() if k[2] == device}
 
     def query_mask(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
@@ -84,12 +92,24 @@ class Injection:
         return self._masks[key]
 
 
+def _per_latent(tensor: torch.Tensor, chunk: int, what: str) -> torch.Tensor:
+    """One item for every latent, or one per latent."""
+    if tensor.shape[0] == chunk:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(chunk, *tensor.shape[1:])
+    raise ValueError(f"DEADiff {what}: {tensor.shape[0]} given, one per latent image, but the latent batch has "
+                     f"{chunk} images. Give one for all images or exactly one per image (for reference images, "
+                     "or set the encoder's batch_mode to concatenate or average).")
+
+
 class DEADiffSitePatch:
     """The attn2 replace patch of one site; holds every injection of the model chain, in order."""
 
     def __init__(self, site: Site, injections: tuple):
         self.site = site
         self.injections = tuple(injections)
+        self._present = tuple(i for i, inj in enumerate(self.injections) if inj.token_count(site))
         self._assembled = {}
 
     def with_injection(self, injection: Injection) -> "DEADiffSitePatch":
@@ -118,7 +138,7 @@ class DEADiffSitePatch:
         heads = extra_options["n_heads"]
         kwargs = {"attn_precision": extra_options.get("attn_precision"), "transformer_options": extra_options}
         sigmas = extra_options.get("sigmas")
-        active = tuple(i for i, inj in enumerate(self.injections) if sigmas is None or inj.active(sigmas))
+        active = tuple(i for i in self._present if sigmas is None or self.injections[i].active(sigmas))
         if not active:
             return optimized_attention(q, k, v, heads, **kwargs)
         cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
@@ -134,22 +154,22 @@ class DEADiffSitePatch:
         return value
 
     def _image_kv(self, active, cond_or_uncond, q):
-        """Image K/V for the whole batch: each chunk gets its injection tokens when it is a cond
-        chunk (0) and as many zero tokens when it is the unconditional one (1)."""
+        """Image K/V for the whole batch: each chunk gets its injections' tokens when it is a cond
+        chunk (0) and their negative tokens (zero tokens unless a negative reference is set) when it
+        is the unconditional one (1). Injections routed off at this site add nothing."""
         key = ("kv", active, cond_or_uncond, q.shape[0], q.device, q.dtype)
         if key in self._assembled:
             return self._assembled[key]
         chunk = q.shape[0] // len(cond_or_uncond)
         keys, values = [], []
         for index in active:
-            k_cond, v_cond = self.injections[index].cond_kv(self.site, q.device, q.dtype)
-            zeros = torch.zeros_like(k_cond)
-            keys.append(torch.cat([(k_cond if c == 0 else zeros).expand(chunk, -1, -1) for c in cond_or_uncond]))
-            values.append(torch.cat([(v_cond if c == 0 else zeros).expand(chunk, -1, -1) for c in cond_or_uncond]))
+            per_chunk = [self.injections[index].kv(self.site, c == 1, q.device, q.dtype) for c in cond_or_uncond]
+            keys.append(torch.cat([_per_latent(k, chunk, "tokens") for k, _ in per_chunk]))
+            values.append(torch.cat([_per_latent(v, chunk, "tokens") for _, v in per_chunk]))
         return self._remember(key, (torch.cat(keys, dim=1), torch.cat(values, dim=1)))
 
     def _mask_bias(self, active, cond_or_uncond, extra_options, text_tokens, q):
-        """Additive bias keeping each masked injection's tokens (cond and zero alike) inside its mask."""
+        """Additive bias keeping each masked injection's tokens (cond and negative alike) inside its mask."""
         if all(self.injections[i].mask is None for i in active):
             return None
         _, _, height, width = extra_options["activations_shape"]
@@ -164,11 +184,7 @@ class DEADiffSitePatch:
             if injection.mask is None:
                 columns.append(torch.ones(q.shape[0], height * width, count, device=q.device, dtype=q.dtype))
                 continue
-            mask = injection.query_mask(height, width, q.device, q.dtype)
-            if mask.shape[0] not in (1, chunk):
-                raise ValueError(
-                    f"DEADiff attn_mask has {mask.shape[0]} masks but the latent batch has {chunk} images: "
-                    "give one mask for all images or one per image.")
-            mask = mask.expand(chunk, -1).repeat(len(cond_or_uncond), 1)
+            mask = _per_latent(injection.query_mask(height, width, q.device, q.dtype), chunk, "attn_mask")
+            mask = mask.repeat(len(cond_or_uncond), 1)
             columns.append(mask.unsqueeze(-1).expand(-1, -1, count))
         return self._remember(key, image_key_bias(torch.cat(columns, dim=-1), text_tokens))

@@ -5,19 +5,21 @@ import torch
 
 import comfy.model_management as mm
 
-from ..deadiff_core.embedding import DEADiffTokens
+from ..deadiff_core.embedding import BATCH_CONCATENATE, BATCH_MODES, DEADiffTokens, image_sha256
 from ..deadiff_core.routing import CONTENT, STYLE
 from .loader import CATEGORY
 
 
-def encode(deadiff, image: torch.Tensor, branch: str) -> DEADiffTokens:
+def encode(deadiff, image: torch.Tensor, branch: str, batch_mode: str = BATCH_CONCATENATE) -> DEADiffTokens:
     """Run one Q-Former branch on the device ComfyUI picks, then hand the VRAM back."""
     mm.load_models_gpu([deadiff.encoder_patcher])
     try:
         tokens = deadiff.model.encoder.encode(image.to(deadiff.encoder_patcher.load_device), branch)
     finally:
         deadiff.offload_encoder()
-    return DEADiffTokens(branch, tokens.to(mm.intermediate_device(), torch.float32), deadiff.fingerprint)
+    tokens = DEADiffTokens(branch, tokens.to(mm.intermediate_device(), torch.float32), deadiff.fingerprint,
+                           references=image_sha256(image), source_name=deadiff.name)
+    return tokens.batched(batch_mode)
 
 
 class _Encoder:
@@ -31,11 +33,17 @@ class _Encoder:
             "deadiff": ("DEADIFF", {"tooltip": "From Load DEADiff Model."}),
             "image": ("IMAGE", {"tooltip": "The reference image(s). Any size: each is squashed to 224x224 "
                                            "without cropping, as in the official code. A batch gives one "
-                                           "set of tokens per image; Apply uses them all together."}),
+                                           "set of 16 tokens per image; batch_mode says how they act."}),
+        }, "optional": {
+            "batch_mode": (list(BATCH_MODES), {
+                "default": BATCH_CONCATENATE,
+                "tooltip": "For a batch of reference images: concatenate = every image's tokens act together "
+                           "(16 per image); average = one set of 16, the mean; one per latent = reference i "
+                           "conditions latent i (as many references as latents). One image: all the same."}),
         }}
 
-    def encode(self, deadiff, image):
-        return (encode(deadiff, image, self.BRANCH),)
+    def encode(self, deadiff, image, batch_mode=BATCH_CONCATENATE):
+        return (encode(deadiff, image, self.BRANCH, batch_mode),)
 
 
 class DEADiffStyleEncoder(_Encoder):

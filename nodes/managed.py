@@ -6,7 +6,6 @@ because the attention patch hands them to ComfyUI through `models()`.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
@@ -43,8 +42,7 @@ class ManagedDEADiff:
         model.injection.to(compute_dtype(unet_device)).eval()
         self.injection_patcher = comfy.model_patcher.ModelPatcher(
             model.injection, load_device=unet_device, offload_device=mm.unet_offload_device())
-        dims = repr(sorted(vars(self.config).items()))
-        self.fingerprint = hashlib.sha256(dims.encode()).hexdigest()[:16]
+        self.fingerprint = model.fingerprint
 
     @classmethod
     def from_file(cls, path: str) -> "ManagedDEADiff":

@@ -13,6 +13,12 @@ PACK_NODES = {
     "DEADiffStyleEncoder": "DEADiff Style Encoder",
     "DEADiffContentEncoder": "DEADiff Content Encoder",
     "DEADiffApply": "Apply Disentangled Conditioning",
+    "DEADiffMixStyles": "DEADiff Mix Styles",
+    "DEADiffMixContents": "DEADiff Mix Contents",
+    "DEADiffSaveTokens": "DEADiff Save Tokens",
+    "DEADiffLoadStyle": "DEADiff Load Style",
+    "DEADiffLoadContent": "DEADiff Load Content",
+    "DEADiffRouting": "DEADiff Layer Routing",
 }
 
 
@@ -37,7 +43,12 @@ def test_object_info_lists_the_nodes_with_tooltips(server_with_weights):
     assert "deadiff_v1.ckpt" in loader_input[0]
     apply = info["DEADiffApply"]["input"]
     assert list(apply["required"]) == ["model", "deadiff", "style_weight", "content_weight", "start_at", "end_at"]
-    assert list(apply["optional"]) == ["style", "content", "attn_mask"]
+    assert list(apply["optional"]) == ["style", "content", "attn_mask", "negative_style", "negative_content",
+                                       "routing"]
+    encoder = info["DEADiffStyleEncoder"]["input"]
+    assert list(encoder["required"]) == ["deadiff", "image"], "batch_mode is optional: old workflows still load"
+    assert encoder["optional"]["batch_mode"][1]["default"] == "concatenate"
+    assert info["DEADiffSaveTokens"]["output_node"] is True
     assert apply["required"]["style_weight"][1]["default"] == 1.0
     assert info["DEADiffApply"]["output"] == ["MODEL"]
 
