@@ -89,6 +89,16 @@ class _Load:
         }}
 
     @classmethod
+    def VALIDATE_INPUTS(cls, tokens_file=None):
+        if tokens_file is None:
+            return True
+        try:
+            resolve(tokens_file)
+        except (ValueError, FileNotFoundError) as e:
+            return str(e)
+        return True
+
+    @classmethod
     def IS_CHANGED(cls, deadiff, tokens_file):
         path = resolve(tokens_file)
         stat = os.stat(path)
