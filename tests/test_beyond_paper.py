@@ -250,7 +250,7 @@ def test_custom_routing_at_the_sites(comfy, setup, official_sd):
         torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_empty_routing_is_the_official_split_end_to_end(comfy):
+def test_empty_routing_is_the_official_split_end_to_end(comfy, setup):
     def graph(with_routing):
         g = txt2img()
         g["dd"] = {"class_type": "DEADiffModelLoader", "inputs": {"deadiff_name": "tiny_beyond.ckpt"}}
@@ -304,3 +304,29 @@ def test_tokens_from_another_deadiff_file_are_refused(comfy, setup):
     other = comfy.module("DEADiffStyleEncoder").encode(setup["other"], setup["images"][:1], "style")
     with pytest.raises(ValueError, match="made with another DEADiff file.*tiny_beyond_other.*tiny_beyond.ckpt"):
         apply(comfy, setup["model"], setup["deadiff"], style=other)
+
+
+def test_one_reference_per_latent_end_to_end(comfy, setup):
+    """Latent i of a batch follows reference i alone: with references [A, B], latent 0 is latent 0 of
+    the run with [A, A] and latent 1 is latent 1 of the run with [B, B] (same noise, same prompt)."""
+    def run(first, second):
+        g = txt2img(seed=5)
+        g["latent"]["inputs"]["batch_size"] = 2
+        g["dd"] = {"class_type": "DEADiffModelLoader", "inputs": {"deadiff_name": "tiny_beyond.ckpt"}}
+        g["img"] = {"class_type": "DEADiffTest_ImageFromSeed",
+                    "inputs": {"seed": 21, "width": 48, "height": 40, "batch_size": 2, "channels": 3}}
+        for name, index in (("a", first), ("b", second)):
+            g[name] = {"class_type": "ImageFromBatch", "inputs": {"image": ["img", 0], "batch_index": index, "length": 1}}
+        g["refs"] = {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}}
+        g["style"] = {"class_type": "DEADiffStyleEncoder",
+                      "inputs": {"deadiff": ["dd", 0], "image": ["refs", 0], "batch_mode": "one per latent"}}
+        g["apply"] = {"class_type": "DEADiffApply", "inputs": {
+            "model": ["model", 0], "deadiff": ["dd", 0], "style": ["style", 0], "style_weight": 1.0,
+            "content_weight": 1.0, "start_at": 0.0, "end_at": 1.0}}
+        g["sample"]["inputs"]["model"] = ["apply", 0]
+        return latent_of(comfy.run(g))
+
+    mixed, only_a, only_b = run(0, 1), run(0, 0), run(1, 1)
+    torch.testing.assert_close(mixed[0], only_a[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], only_b[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(only_a[1], only_b[1], atol=1e-4), "the two references must differ"
