@@ -8,7 +8,9 @@ The workflow is one of example_workflows/ (default: deadiff_style_transfer) or a
 saved from ComfyUI. It is converted with the running ComfyUI's own node definitions, validated by
 ComfyUI and executed by ComfyUI's executor; the PNG is written by ComfyUI's Save Image node, with the
 API prompt and the (edited) workflow embedded as the "prompt" and "workflow" text chunks, so the
-picture opens in ComfyUI as the workflow that made it.
+picture opens in ComfyUI as the workflow that made it. The picture is moved from ComfyUI's output
+folder to --output; anything else the workflow saves (a style saved by DEADiff Save Tokens) stays in
+ComfyUI's output folder, as in the UI, where DEADiff Load Style finds it.
 
 Exit status: 0 done; 1 ComfyUI refused or failed the workflow; 2 something is missing (a weight
 file, an input image, ComfyUI itself) or the arguments are wrong, reported before anything loads.
@@ -21,12 +23,12 @@ real SD1.5 file cannot exist in the test suite. It says so on stderr; never set 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import workflows as wf
@@ -198,7 +200,8 @@ def apply_edits(editor: wf.Editor, roles: wf.GraphRoles, args) -> None:
         editor.apply_override(spec)
 
 
-def missing_report(workflow_name: str, missing: list, folder_paths, missing_images: list) -> str:
+def missing_report(workflow_name: str, missing: list, folder_paths, missing_images: list,
+                   missing_tokens: list = ()) -> str:
     lines = [f"{workflow_name} needs files that are not installed (nothing was loaded):", ""]
     for req in missing:
         lines.append(f"  {req.filename}  (node {req.node_id}, {req.title})")
@@ -212,6 +215,13 @@ def missing_report(workflow_name: str, missing: list, folder_paths, missing_imag
         lines.append(f"  input image {name!r} (node {node_id}, {title}) is not in "
                      f"{folder_paths.get_input_directory()}: pass --{role} IMAGE")
         lines.append("")
+    for tokens in missing_tokens:
+        lines.append(f"  saved tokens {tokens.value!r} (node {tokens.node_id}, {tokens.title}) are not in {tokens.folder}")
+        lines.append("    save them first with a workflow that has DEADiff Save Tokens (deadiff_saved_style writes "
+                     "output/deadiff/my_style_00001_.safetensors),")
+        lines.append(f"    or put a shared file in {Path(folder_paths.get_input_directory()) / wf.TOKENS_SUBFOLDER}"
+                     f"{os.sep} and pick it: --set {tokens.node_id}.tokens_file=NAME")
+        lines.append("")
     if missing:
         lines.append("Models somewhere else? --models-dir /path/to/ComfyUI/models, or --base-directory /path/to/ComfyUI.")
     return "\n".join(lines)
@@ -221,6 +231,12 @@ def default_output(workflow_path: Path, prompt: dict, roles: wf.GraphRoles) -> P
     seed = next((prompt[n]["inputs"].get("seed", prompt[n]["inputs"].get("noise_seed")) for n in roles.samplers), None)
     suffix = f"_{seed}" if isinstance(seed, int) else ""
     return Path.cwd() / f"{workflow_path.stem}{suffix}.png"
+
+
+def saved_tokens(outputs: dict) -> list[dict]:
+    """What DEADiff Save Tokens nodes reported writing."""
+    return [item for node_id in sorted(outputs, key=wf.numeric_order)
+            for item in outputs[node_id].get("deadiff_tokens", []) or [] if item.get("type") == "output"]
 
 
 def collect_outputs(outputs: dict, prompt: dict, output_dir: Path) -> list[Path]:
@@ -287,15 +303,20 @@ def _run(args, session: Session, workflow_path: Path, workflow: dict, test_hook:
             if node_id not in assigned and isinstance(name, str) and not folder_paths.exists_annotated_filepath(name):
                 missing_images.append((node_id, editor.title(node_id), name, role))
 
+    tokens = wf.token_files(prompt, folder_paths)
+    missing_tokens = [t for t in tokens if not t.path.is_file()]
+
     if args.check:
-        print_check(session, workflow_path, requirements, roles, prompt, assigned, missing_images, editor)
-        if missing or missing_images:
-            print("\n" + missing_report(workflow_path.name, missing, folder_paths, missing_images), file=sys.stderr)
+        print_check(session, workflow_path, requirements, roles, prompt, assigned, missing_images, editor, tokens)
+        if missing or missing_images or missing_tokens:
+            print("\n" + missing_report(workflow_path.name, missing, folder_paths, missing_images, missing_tokens),
+                  file=sys.stderr)
             return EXIT_MISSING
         print("\nEverything this workflow needs is installed.")
         return 0
-    if missing or missing_images:
-        print(missing_report(workflow_path.name, missing, folder_paths, missing_images), file=sys.stderr)
+    if missing or missing_images or missing_tokens:
+        print(missing_report(workflow_path.name, missing, folder_paths, missing_images, missing_tokens),
+              file=sys.stderr)
         return EXIT_MISSING
 
     try:
@@ -313,15 +334,22 @@ def _run(args, session: Session, workflow_path: Path, workflow: dict, test_hook:
     if output.suffix.lower() != ".png":
         return fail(f"--output {output}: the picture is a PNG; give a .png path", EXIT_MISSING)
     reporter = ProgressReporter(quiet=args.quiet)
-    temp_output = Path(tempfile.mkdtemp(prefix="deadiff-runner-output-"))
+    output_dir = Path(folder_paths.get_output_directory())
+    new_folders = wf.new_output_folders(prompt, output_dir)
     try:
         try:
-            outputs = session.run(prompt, editor.workflow, reporter, temp_output)
+            outputs = session.run(prompt, editor.workflow, reporter)
         except RunError as e:
             if args.verbose and e.traceback:
                 print(e.traceback, file=sys.stderr)
             return fail(str(e), EXIT_FAILED)
-        files = collect_outputs(outputs, prompt, temp_output)
+        for item in saved_tokens(outputs):
+            path = output_dir / item.get("subfolder", "") / item["filename"]
+            listed = path.relative_to(output_dir / wf.TOKENS_SUBFOLDER).as_posix() + wf.OUTPUT_SUFFIX \
+                if (output_dir / wf.TOKENS_SUBFOLDER) in path.parents else None
+            print(f"deadiff-run: saved tokens {path}" + (f" (DEADiff Load Style / Load Content list them as "
+                                                          f"{listed!r})" if listed else ""), file=sys.stderr)
+        files = collect_outputs(outputs, prompt, output_dir)
         if not files:
             return fail("the workflow saved no picture: it needs a Save Image node", EXIT_FAILED)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -331,13 +359,16 @@ def _run(args, session: Session, workflow_path: Path, workflow: dict, test_hook:
             shutil.move(str(source), target)
             written.append(target)
     finally:
-        shutil.rmtree(temp_output, ignore_errors=True)
+        for folder in new_folders:  # the pictures' folders this run created in ComfyUI's output folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
     for path in written:
         print(path)
     return 0
 
 
-def print_check(session, workflow_path, requirements, roles, prompt, assigned, missing_images, editor) -> None:
+def print_check(session, workflow_path, requirements, roles, prompt, assigned, missing_images, editor,
+                tokens=()) -> None:
     version = "?"
     version_file = session.comfyui_dir / "comfyui_version.py"
     for line in version_file.read_text().splitlines():
@@ -363,6 +394,9 @@ def print_check(session, workflow_path, requirements, roles, prompt, assigned, m
             else:
                 state = "MISSING" if node_id in missing else "ok     "
                 print(f"  {state}  {role} image ({editor.title(node_id)})  input/{name}")
+    for item in tokens:
+        state = "ok     " if item.path.is_file() else "MISSING"
+        print(f"  {state}  saved tokens ({item.title})  {item.path}")
 
 
 if __name__ == "__main__":

@@ -229,14 +229,14 @@ class Session:
     def validate(self, prompt: dict):
         return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
-    def run(self, prompt: dict, workflow: Optional[dict], reporter, output_dir: Path) -> dict:
-        """Validate and execute `prompt`; files that output nodes save go to `output_dir`.
+    def run(self, prompt: dict, workflow: Optional[dict], reporter) -> dict:
+        """Validate and execute `prompt`; output nodes save to ComfyUI's output folder, as in the UI (so a
+        style that Save Tokens writes is there for a later Load Style).
 
         Returns {node id: the node's UI output}. Raises RunError with ComfyUI's own messages."""
         valid = self.validate(prompt)
         if not valid[0]:
             raise RunError(format_validation_error(valid[1], valid[3], prompt))
-        self.folder_paths.set_output_directory(str(output_dir))
         sink = _Sink(reporter)
         self.comfy_utils.set_progress_bar_enabled(False)  # one bar per node from our hook instead
         self.comfy_utils.set_progress_bar_global_hook(reporter.step)

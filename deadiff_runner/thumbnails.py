@@ -27,13 +27,18 @@ TEXT = (220, 220, 220)
 LINK_COLORS = {"MODEL": (137, 120, 167), "CLIP": (234, 203, 139), "CONDITIONING": (207, 135, 111),
                "IMAGE": (128, 161, 192), "LATENT": (179, 142, 173), "VAE": (190, 97, 107),
                "CONTROL_NET": (0, 215, 141), "MASK": (163, 189, 141)}
-DEADIFF_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply"}
+DEADIFF_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply",
+                 "DEADiffMixStyles", "DEADiffMixContents", "DEADiffSaveTokens", "DEADiffLoadStyle",
+                 "DEADiffLoadContent", "DEADiffRouting"}
 NAMES = {"DEADiffModelLoader": "Load DEADiff Model", "DEADiffStyleEncoder": "DEADiff Style Encoder",
          "DEADiffContentEncoder": "DEADiff Content Encoder", "DEADiffApply": "Apply Disentangled Conditioning",
          "CheckpointLoaderSimple": "Load Checkpoint", "CLIPTextEncode": "CLIP Text Encode",
          "EmptyLatentImage": "Empty Latent Image", "VAEDecode": "VAE Decode", "SaveImage": "Save Image",
          "LoadImage": "Load Image", "ControlNetLoader": "Load ControlNet", "ControlNetApplyAdvanced": "Apply ControlNet",
-         "LoraLoader": "Load LoRA"}
+         "LoraLoader": "Load LoRA", "DEADiffMixStyles": "DEADiff Mix Styles",
+         "DEADiffMixContents": "DEADiff Mix Contents", "DEADiffSaveTokens": "DEADiff Save Tokens",
+         "DEADiffLoadStyle": "DEADiff Load Style", "DEADiffLoadContent": "DEADiff Load Content",
+         "DEADiffRouting": "DEADiff Layer Routing", "SolidMask": "SolidMask", "MaskComposite": "MaskComposite"}
 TITLE_HEIGHT = 30  # in graph units, as the front end draws node titles above pos
 
 

@@ -48,6 +48,11 @@ FOLDER_SOURCES = {
     "loras": "any SD1.5 LoRA you have",
     "vae": "an SD1.5 VAE",
 }
+# (node type, input) naming saved DEADiff tokens: a file in input/deadiff/, or in output/deadiff/ when the
+# name ends with " [output]" (what DEADiff Save Tokens writes with its default prefix)
+TOKEN_INPUTS = {("DEADiffLoadStyle", "tokens_file"), ("DEADiffLoadContent", "tokens_file")}
+TOKENS_SUBFOLDER = "deadiff"
+OUTPUT_SUFFIX = " [output]"
 IMAGE_ROLES = ("style", "content", "control")
 ENCODER_ROLES = {"DEADiffStyleEncoder": "style", "DEADiffContentEncoder": "content"}
 
@@ -257,6 +262,50 @@ def model_requirements(prompt: dict, folder_paths, skip_types=()) -> list[Requir
                 path = None
             found.append(Requirement(node_id, title, folder, value, name, path))
     return found
+
+
+@dataclass
+class TokensFile:
+    node_id: str
+    title: str
+    value: str       # as the Load node's list shows it
+    path: Path       # where the Load node reads it
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def token_files(prompt: dict, folder_paths) -> list[TokensFile]:
+    """The saved style / content files the prompt loads, with where they must be."""
+    found = []
+    for node_id in sorted(prompt, key=numeric_order):
+        node = prompt[node_id]
+        for name, value in node["inputs"].items():
+            if (node["class_type"], name) not in TOKEN_INPUTS or not isinstance(value, str):
+                continue
+            if value.endswith(OUTPUT_SUFFIX):
+                root, relative = folder_paths.get_output_directory(), value[:-len(OUTPUT_SUFFIX)]
+            else:
+                root, relative = folder_paths.get_input_directory(), value
+            title = node.get("_meta", {}).get("title", node["class_type"])
+            found.append(TokensFile(node_id, title, value, Path(root) / TOKENS_SUBFOLDER / relative))
+    return found
+
+
+def new_output_folders(prompt: dict, output_dir: Path) -> list[Path]:
+    """The folders under ComfyUI's output folder (and that folder) that the prompt's output nodes will
+    create (their filename_prefix's folders that do not exist yet), deepest first."""
+    found = set() if output_dir.exists() else {output_dir}
+    for node in prompt.values():
+        prefix = node["inputs"].get("filename_prefix")
+        if not isinstance(prefix, str):
+            continue
+        folder = (output_dir / prefix).parent
+        while folder != output_dir and output_dir in folder.parents and not folder.exists():
+            found.add(folder)
+            folder = folder.parent
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
 def folder_for(folder_paths, folder: str) -> str:

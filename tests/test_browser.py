@@ -2,7 +2,9 @@
 the way the template browser loads it.
 
 For each example: no missing-nodes warning and no missing-models warning (the weight files are
-present under the names and folders the workflow's model metadata gives), every node type known
+present under the names and folders the workflow's model metadata gives, and the saved style that
+deadiff_load_saved_style names is in the server's output folder, written by running
+deadiff_saved_style, as a user does before opening the load example), every node type known
 to the front end, the front end's own serialization of the loaded graph equal to the file (so the
 widget values are laid out as the front end lays them out), and the front end's `graphToPrompt`
 equal to our converter's API prompt. A screenshot of each is saved (to $DEADIFF_SCREENSHOT_DIR when
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from test_examples import make_saved_style, tokens_file_path
 from workflow_api import comfy_node_info, ui_to_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -61,6 +64,14 @@ def browser_page(comfy, comfy_server):
                 if not path.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(b"name-only placeholder for the front-end check")
+                    created.append(path)
+            if node["type"] in ("DEADiffLoadStyle", "DEADiffLoadContent"):
+                # the saved style it names, as deadiff_saved_style writes it (run in the in-process
+                # ComfyUI: this server's DEADiff file is a name-only placeholder); its combo lists it
+                path = tokens_file_path(comfy_server, node["widgets_values"][0])
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(make_saved_style(comfy), path)
                     created.append(path)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +122,14 @@ def test_example_loads_cleanly_in_the_front_end(comfy, browser_page, name, tmp_p
             warnings: JSON.parse(JSON.stringify(window.__deadiffWarnings)),
             unknown: app.graph.nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type),
             errors: app.graph.nodes.filter(n => n.has_errors).map(n => n.type),
+            // the pack's combo values (model files, saved styles, modes) that the front end does not offer
+            offList: app.graph.nodes.filter(n => n.type.startsWith("DEADiff")).flatMap(n => (n.widgets || [])
+                .filter(w => w.type === "combo")
+                .filter(w => {
+                    const values = typeof w.options.values === "function" ? w.options.values() : w.options.values;
+                    return !values.includes(w.value);
+                })
+                .map(w => `${n.type}.${w.name}=${w.value}`)),
             serialized: app.graph.serialize(),
             output: prompt.output,
         };
@@ -118,6 +137,7 @@ def test_example_loads_cleanly_in_the_front_end(comfy, browser_page, name, tmp_p
     assert result["warnings"]["nodes"] == [], f"missing-nodes warning: {result['warnings']['nodes']}"
     assert result["warnings"]["models"] == [], f"missing-models warning: {result['warnings']['models']}"
     assert result["unknown"] == [] and result["errors"] == []
+    assert result["offList"] == [], "values the front end's lists do not offer"
     # the front end re-serializes the graph it built from the file with the same widget values
     ours = {n["id"]: n["widgets_values"] for n in workflow["nodes"]}
     theirs = {n["id"]: n.get("widgets_values") for n in result["serialized"]["nodes"]}

@@ -6,6 +6,10 @@ its ORIGINAL values (official settings, the real file names: a tiny DEADiff file
 `deadiff_v1.ckpt`, and the SD1.5 checkpoint and the ControlNet are name-only placeholders that are
 never loaded), then run end to end with the checkpoint and ControlNet swapped for the test pack's
 tiny models, at 64x64 and 2 steps. Every DEADiff Apply node in an example must change its picture.
+
+The saved-style pair works as a user runs it: the tokens file deadiff_load_saved_style names is the
+one deadiff_saved_style writes, made by running that example in the same ComfyUI with the same
+DEADiff file the load example's loader loads (a saved style is refused for any other).
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ import torch
 from PIL import Image
 
 import deadiff_fakes
+from conftest import GraphError
 from workflow_api import MissingNodeTypes, WorkflowError, comfy_node_info, to_api, widget_layout
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
 NAMES = ("deadiff_style_transfer", "deadiff_content_transfer", "deadiff_style_and_content",
-         "deadiff_style_mixing", "deadiff_controlnet", "deadiff_lora")
+         "deadiff_style_mixing", "deadiff_controlnet", "deadiff_lora", "deadiff_regional_styles",
+         "deadiff_style_blend", "deadiff_saved_style", "deadiff_load_saved_style")
+SAVED, LOAD_SAVED = "deadiff_saved_style", "deadiff_load_saved_style"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 DEADIFF = "deadiff_v1.ckpt"
 CANNY = "control_v11p_sd15_canny.pth"
@@ -31,7 +38,10 @@ CANNY = "control_v11p_sd15_canny.pth"
 OFFICIAL_NEGATIVE = ("over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
                      "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, bad "
                      "proportions, deformed, blurry, duplicate")
-PACK_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply"}
+PACK_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply",
+              "DEADiffMixStyles", "DEADiffMixContents", "DEADiffSaveTokens", "DEADiffLoadStyle",
+              "DEADiffLoadContent", "DEADiffRouting"}
+OUTPUT_TYPES = ("SaveImage", "DEADiffSaveTokens")
 TEST_SUBSTITUTES = {"CheckpointLoaderSimple": "DEADiffTest_TinySD15", "ControlNetLoader": "DEADiffTest_TinyControlNet"}
 
 
@@ -53,11 +63,63 @@ def ui_widget_values(workflow: dict, class_type: str) -> list:
     return [n["widgets_values"] for n in workflow["nodes"] if n["type"] == class_type]
 
 
+def place_deadiff_and_inputs(comfy) -> set:
+    """The DEADiff file (tiny, synthetic) and the reference images the examples name, in ComfyUI's
+    folders; returns the image names."""
+    deadiff_fakes.place(comfy.base / "models" / "deadiff", DEADIFF, seed=0)
+    tiny = comfy.module("DEADiffTest_TinySD15")
+    images = set()
+    for name in NAMES:
+        images.update(values[0] for values in ui_widget_values(load(name), "LoadImage"))
+    for seed, name in enumerate(sorted(images)):
+        path = comfy.base / "input" / name
+        if not path.exists():  # a non-square image of its own per name, so references differ
+            pixels = tiny.image_from_seed(seed + 100, 96, 80)[0]
+            Image.fromarray((pixels.numpy() * 255).round().astype("uint8")).save(path)
+    return images
+
+
+def tokens_file_path(comfy, combo_value: str) -> Path:
+    """Where DEADiff Load Style / Load Content looks for a tokens_file value (' [output]': output/deadiff)
+    in the ComfyUI base folder `comfy.base` (the in-process ComfyUI or the server)."""
+    if combo_value.endswith(" [output]"):
+        return comfy.base / "output" / "deadiff" / combo_value[:-len(" [output]")]
+    return comfy.base / "input" / "deadiff" / combo_value
+
+
+def make_saved_style(comfy) -> Path:
+    """Run deadiff_saved_style (test edition) in this ComfyUI, as a user does before opening
+    deadiff_load_saved_style, and return the tokens file the load example names. Earlier files of
+    that prefix are removed first, so the run writes counter 00001, the name the load example uses."""
+    place_deadiff_and_inputs(comfy)
+    (prefix,) = [values[0] for values in ui_widget_values(load(SAVED), "DEADiffSaveTokens")]
+    (wanted,) = [values[0] for values in ui_widget_values(load(LOAD_SAVED), "DEADiffLoadStyle")]
+    folder = comfy.base / "output" / Path(prefix).parent
+    for old in folder.glob(f"{Path(prefix).name}_*.safetensors"):
+        old.unlink()
+    comfy.run(small(to_api(comfy, load(SAVED)), "saved-style-for-load"))
+    path = tokens_file_path(comfy, wanted)
+    assert path.is_file(), f"{SAVED} did not write {path} (found {sorted(p.name for p in folder.glob('*'))})"
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_style_tokens(comfy, example_files):
+    """The tokens file deadiff_load_saved_style loads, written by running deadiff_saved_style."""
+    return make_saved_style(comfy)
+
+
+def files_for(request, name: str) -> None:
+    """What an example needs beyond example_files: the load example, the saved style it names."""
+    if name == LOAD_SAVED:
+        request.getfixturevalue("saved_style_tokens")
+
+
 @pytest.fixture(scope="module")
 def example_files(comfy):
     """The files the examples name, where ComfyUI looks for them."""
     models = comfy.base / "models"
-    deadiff_fakes.place(models / "deadiff", DEADIFF, seed=0)
+    images = place_deadiff_and_inputs(comfy)
     placeholders = []
     for folder, name in (("checkpoints", SD15), ("controlnet", CANNY)):
         path = models / folder / name
@@ -66,19 +128,11 @@ def example_files(comfy):
             path.write_bytes(b"name-only placeholder for validate_prompt; the tests never load it")
             placeholders.append(path)
     tiny = comfy.module("DEADiffTest_TinySD15")
-    images = set()
     for name in NAMES:
-        workflow = load(name)
-        for values in ui_widget_values(workflow, "LoraLoader"):
+        for values in ui_widget_values(load(name), "LoraLoader"):
             lora = models / "loras" / values[0]
             if not lora.exists():
                 tiny.write_tiny_lora(str(lora), seed=3)
-        images.update(values[0] for values in ui_widget_values(workflow, "LoadImage"))
-    for seed, name in enumerate(sorted(images)):
-        path = comfy.base / "input" / name
-        if not path.exists():  # a non-square image of its own per name, so references differ
-            pixels = tiny.image_from_seed(seed + 100, 96, 80)[0]
-            Image.fromarray((pixels.numpy() * 255).round().astype("uint8")).save(path)
     yield images
     for path in placeholders:
         path.unlink()
@@ -109,7 +163,8 @@ def test_ui_format_is_consistent(name):
     for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
         out = nodes[origin]["outputs"][origin_slot]
         into = nodes[target]["inputs"][target_slot]
-        assert link_id in out["links"] and out["type"] == kind, (name, link_id)
+        # the front end types a link as its input (an input of several types, "A,B", accepts each)
+        assert link_id in out["links"] and out["type"] in kind.split(","), (name, link_id)
         assert into["link"] == link_id and into["type"] == kind, (name, link_id)
     for node in workflow["nodes"]:
         for slot in node["inputs"]:
@@ -132,7 +187,9 @@ def test_ui_format_is_consistent(name):
             # the front end's missing-models dialog names the file, its folder and where to get it
             assert models and models[0]["name"] == node["widgets_values"][0], node["type"]
             assert models[0]["url"].startswith("https://huggingface.co/")
-    assert {n["type"] for n in workflow["nodes"]} >= {"CheckpointLoaderSimple", "DEADiffModelLoader", "LoadImage",
+    # every example samples with DEADiff from a reference image, except the one that loads a saved style
+    reference = "DEADiffLoadStyle" if name == LOAD_SAVED else "LoadImage"
+    assert {n["type"] for n in workflow["nodes"]} >= {"CheckpointLoaderSimple", "DEADiffModelLoader", reference,
                                                      "DEADiffApply", "KSampler", "SaveImage"}
 
 
@@ -165,6 +222,11 @@ def check_official_sampling(prompt: dict):
         assert (a["start_at"], a["end_at"]) == (0.0, 1.0)
         assert a["style_weight"] == 1.0 and a["content_weight"] == 1.0
         assert source(prompt, apply, "deadiff")[0] == loader
+        # the official method: zero tokens in the negative pass, the official layer split
+        assert not {"negative_style", "negative_content", "routing"} & set(a)
+    for encoder in of_type(prompt, "DEADiffStyleEncoder") + of_type(prompt, "DEADiffContentEncoder"):
+        assert prompt[encoder]["inputs"]["batch_mode"] == "concatenate"
+        assert source(prompt, encoder, "deadiff")[0] == loader
     return sampler
 
 
@@ -179,18 +241,47 @@ def encoder_image(prompt: dict, apply: str, branch: str, encoder_type: str) -> s
 def check_structure(name: str, prompt: dict, sampler: str):
     applies = of_type(prompt, "DEADiffApply")
     (ckpt,) = of_type(prompt, "CheckpointLoaderSimple")
-    if name == "deadiff_style_mixing":
+    if name in ("deadiff_style_mixing", "deadiff_regional_styles"):
         first, second = applies
         assert source(prompt, sampler, "model")[0] == second and source(prompt, second, "model")[0] == first
+        assert source(prompt, first, "model") == (ckpt, 0)
         images = {encoder_image(prompt, a, "style", "DEADiffStyleEncoder") for a in applies}
         assert len(images) == 2, "two different references"
         for a in applies:
             assert "content" not in prompt[a]["inputs"]
+        masks = [source(prompt, a, "attn_mask")[0] for a in applies] if name == "deadiff_regional_styles" else []
+        assert all(prompt[m]["class_type"] == "MaskComposite" for m in masks) and len(set(masks)) == len(masks)
+        if name == "deadiff_style_mixing":
+            assert all("attn_mask" not in prompt[a]["inputs"] for a in applies)
         return
     (apply,) = applies
     assert source(prompt, sampler, "model")[0] == apply
     inputs = prompt[apply]["inputs"]
-    if name == "deadiff_content_transfer":
+    assert "attn_mask" not in inputs
+    if name == "deadiff_style_blend":
+        assert "content" not in inputs
+        mix = source(prompt, apply, "style")[0]
+        mixing = prompt[mix]["inputs"]
+        assert prompt[mix]["class_type"] == "DEADiffMixStyles"
+        assert (mixing["mode"], mixing["weight_1"], mixing["weight_2"]) == ("weighted sum", 0.7, 0.3)
+        assert "style_3" not in mixing and "style_4" not in mixing
+        images = set()
+        for slot in ("style_1", "style_2"):
+            encoder = source(prompt, mix, slot)[0]
+            assert prompt[encoder]["class_type"] == "DEADiffStyleEncoder"
+            images.add(source(prompt, encoder, "image")[0])
+        assert len(images) == 2 and all(prompt[i]["class_type"] == "LoadImage" for i in images)
+    elif name == LOAD_SAVED:
+        assert "content" not in inputs and not of_type(prompt, "LoadImage"), "no reference image"
+        (saved,) = of_type(prompt, "DEADiffLoadStyle")
+        assert source(prompt, apply, "style") == (saved, 0)
+        assert source(prompt, saved, "deadiff") == source(prompt, apply, "deadiff")
+        # the file the saved-style example writes on its first run (filename_prefix + counter 00001)
+        prefix = next(iter(ui_widget_values(load(SAVED), "DEADiffSaveTokens")))[0]
+        folder, stem = prefix.split("/")
+        assert folder == "deadiff"
+        assert prompt[saved]["inputs"]["tokens_file"] == f"{stem}_00001_.safetensors [output]"
+    elif name == "deadiff_content_transfer":
         assert "style" not in inputs  # official 'content' mode: zero tokens at the style layers
         encoder_image(prompt, apply, "content", "DEADiffContentEncoder")
     elif name == "deadiff_style_and_content":
@@ -200,6 +291,10 @@ def check_structure(name: str, prompt: dict, sampler: str):
     else:
         assert "content" not in inputs  # official 'style' mode: zero tokens at the content layers
         encoder_image(prompt, apply, "style", "DEADiffStyleEncoder")
+    if name == SAVED:
+        (saver,) = of_type(prompt, "DEADiffSaveTokens")
+        assert source(prompt, saver, "tokens") == source(prompt, apply, "style"), "saves the tokens it applies"
+        assert prompt[saver]["inputs"]["filename_prefix"] == "deadiff/my_style"
     if name == "deadiff_lora":
         (lora,) = of_type(prompt, "LoraLoader")
         assert source(prompt, apply, "model") == (lora, 0) and source(prompt, lora, "model") == (ckpt, 0)
@@ -219,14 +314,16 @@ def check_structure(name: str, prompt: dict, sampler: str):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_converts_and_validates_with_original_values(comfy, example_files, name):
+def test_converts_and_validates_with_original_values(comfy, example_files, request, name):
+    files_for(request, name)
     prompt = to_api(comfy, load(name))
     for node in prompt.values():
         assert node["class_type"] in comfy.nodes.NODE_CLASS_MAPPINGS
         assert node["class_type"] not in ("Note", "MarkdownNote", "PrimitiveNode", "Reroute")
     valid = comfy.validate(prompt)
     assert valid[0], f"ComfyUI refused {name}: {valid[1]} {valid[3]}"
-    assert of_type(prompt, "SaveImage") and valid[2] == of_type(prompt, "SaveImage")
+    outputs = sorted((n for t in OUTPUT_TYPES for n in of_type(prompt, t)), key=int)
+    assert of_type(prompt, "SaveImage") and sorted(valid[2], key=int) == outputs
     sampler = check_official_sampling(prompt)
     check_structure(name, prompt, sampler)
 
@@ -272,10 +369,18 @@ def run_and_capture(comfy, prompt: dict, tag: str) -> torch.Tensor:
     return captured[tag]
 
 
+def saved_tokens_files(comfy) -> set:
+    return set((comfy.base / "output" / "deadiff").glob("*.safetensors"))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_end_to_end(comfy, example_files, name):
+def test_runs_end_to_end(comfy, example_files, request, name):
+    files_for(request, name)
     prompt = to_api(comfy, load(name))
+    tokens_before = saved_tokens_files(comfy)
     latent = run_and_capture(comfy, small(prompt, name), name)
+    written = saved_tokens_files(comfy) - tokens_before
+    assert len(written) == len(of_type(prompt, "DEADiffSaveTokens")), written
     assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
     saved = sorted((comfy.base / "output" / "examples_test").glob(f"{name}_*.png"))
     assert saved, "Save Image wrote no file"
@@ -286,6 +391,55 @@ def test_runs_end_to_end(comfy, example_files, name):
         tag = f"{name}-without-{apply}"
         other = run_and_capture(comfy, small(without(prompt, apply), tag), tag)
         assert not torch.equal(other, latent), f"DEADiff Apply node {apply} does not change {name}'s picture"
+
+
+def test_regional_masks_are_the_two_halves(comfy, example_files):
+    """The regional example's mask nodes make the left and the right half of the 512x512 picture."""
+    prompt = to_api(comfy, load("deadiff_regional_styles"))
+    masks = {}
+    for apply in of_type(prompt, "DEADiffApply"):
+        masks[prompt[apply]["_meta"]["title"]] = source(prompt, apply, "attn_mask")[0]
+    graph = {nid: node for nid, node in prompt.items() if node["class_type"] in ("SolidMask", "MaskComposite")}
+    for title, mask in masks.items():
+        graph[f"keep-{mask}"] = {"class_type": "DEADiffTest_Keep", "inputs": {"value": [mask, 0], "key": title}}
+    comfy.run(graph)
+    captured = comfy.module("DEADiffTest_TinySD15").CAPTURED
+    left = captured["Apply style (left half)"]
+    right = captured["Apply style (right half)"]
+    assert left.shape == right.shape == (1, 512, 512)
+    assert torch.equal(left[..., :256], torch.ones(1, 512, 256)) and not left[..., 256:].any()
+    assert torch.equal(left + right, torch.ones(1, 512, 512)), "the halves cover the picture once"
+
+
+def test_loaded_style_gives_the_picture_of_the_reference_it_was_saved_from(comfy, example_files, saved_style_tokens):
+    """deadiff_load_saved_style, with the tokens deadiff_saved_style wrote, samples exactly what the saved
+    example samples from its reference image with the same prompt and seed."""
+    loaded = to_api(comfy, load(LOAD_SAVED))
+    saved = to_api(comfy, load(SAVED))
+    (text,) = [n for n in of_type(saved, "CLIPTextEncode") if not saved[n]["inputs"]["text"].startswith("over-")]
+    (loaded_text,) = [n for n in of_type(loaded, "CLIPTextEncode")
+                      if not loaded[n]["inputs"]["text"].startswith("over-")]
+    saved[text]["inputs"]["text"] = loaded[loaded_text]["inputs"]["text"]
+    (ksampler,) = of_type(saved, "KSampler")
+    assert saved[ksampler]["inputs"]["seed"] == loaded[of_type(loaded, "KSampler")[0]]["inputs"]["seed"]
+    from_file = run_and_capture(comfy, small(loaded, "from-saved-file"), "from-saved-file")
+    from_image = run_and_capture(comfy, small(saved, "from-reference-image"), "from-reference-image")
+    assert torch.equal(from_file, from_image)
+
+
+def test_load_saved_style_refuses_tokens_of_another_deadiff_file(comfy, example_files, saved_style_tokens):
+    """The file the load example names only loads with the DEADiff file that made it."""
+    other = "deadiff_examples_other.safetensors"
+    path = comfy.base / "models" / "deadiff" / other
+    deadiff_fakes.place(path.parent, other, seed=5)
+    try:
+        prompt = to_api(comfy, load(LOAD_SAVED))
+        (loader,) = of_type(prompt, "DEADiffModelLoader")
+        prompt[loader]["inputs"]["deadiff_name"] = other
+        with pytest.raises(GraphError, match="made with another DEADiff file"):
+            comfy.run(small(prompt, "other-deadiff"))
+    finally:
+        path.unlink()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_runs_the_default_example_and_embeds_the_workflow(installed):
     assert "KSampler" in result.stderr and "2/2" in result.stderr  # progress: node lines and the step bar
     # the style image went into ComfyUI's input folder, as an upload in the UI does
     assert (base / "input" / "my style.png").read_bytes() == style.read_bytes()
+    # the picture was moved out of ComfyUI's output folder, and the folder its Save Image made with it
+    assert not (base / "output" / "DEADiff").exists()
 
     with Image.open(output) as picture:
         assert picture.size == (64, 64)
@@ -79,6 +81,35 @@ def test_runs_the_default_example_and_embeds_the_workflow(installed):
     sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")
     assert sampler["inputs"]["seed"] == 7 and sampler["inputs"]["steps"] == 2
     assert {n["class_type"] for n in prompt.values()} >= {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffApply"}
+
+
+def test_saved_style_then_load_saved_style(installed):
+    """The saved-style pair as a user runs it: the load example first says what is missing, the saved-style
+    example writes the style to ComfyUI's output folder (where the UI writes it), the load example uses it."""
+    base, style, work = installed
+    tokens = base / "output" / "deadiff" / "my_style_00001_.safetensors"
+    assert not tokens.exists()
+    small = ("--steps", "2", "--width", "64", "--height", "64")
+    check = run_cli("--check", "--workflow", "load_saved_style", base=base, test_hook=True)
+    assert check.returncode == 2, check.stderr[-4000:]
+    assert f"MISSING  saved tokens (Saved style)  {tokens}" in check.stdout
+    assert "deadiff_saved_style writes output/deadiff/my_style_00001_.safetensors" in check.stderr
+
+    saved = run_cli("--workflow", "saved_style", "--style", str(style), *small, "--output", str(work / "saved.png"),
+                    base=base, test_hook=True)
+    assert saved.returncode == 0, saved.stderr[-4000:]
+    assert tokens.is_file() and (work / "saved.png").is_file()
+    assert f"saved tokens {tokens}" in saved.stderr and "'my_style_00001_.safetensors [output]'" in saved.stderr
+    assert saved.stdout.strip().splitlines()[-1] == str(work / "saved.png")
+
+    loaded = run_cli("--workflow", "load_saved_style", *small, "--output", str(work / "loaded.png"), base=base,
+                     test_hook=True)
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    with Image.open(work / "loaded.png") as picture:
+        prompt = json.loads(picture.text["prompt"])
+    (load,) = [n for n in prompt.values() if n["class_type"] == "DEADiffLoadStyle"]
+    assert load["inputs"]["tokens_file"] == "my_style_00001_.safetensors [output]"
+    assert sorted(p.name for p in tokens.parent.iterdir()) == [tokens.name], "loading saves nothing"
 
 
 def test_missing_weights_are_named_with_folder_and_source(tmp_path):
