@@ -49,11 +49,6 @@ class DEADiffTokens:
     def width(self) -> int:
         return self.tokens.shape[-1]
 
-    @property
-    def count(self) -> int:
-        """How many tokens each attention query sees from these references."""
-        return self.for_attention().shape[1]
-
     def for_attention(self) -> torch.Tensor:
         """(items, tokens, width) as the attention uses them: one item per latent when `per_latent`,
         else a single item with every reference's tokens side by side (one reference gives exactly
