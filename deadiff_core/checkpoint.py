@@ -432,16 +432,16 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     try:
         config = infer_config({k: tuple(v.shape) for k, v in tensors.items()}, shared_vision=shared)
     except KeyError as e:
-        raise DEADiffCheckpointError(path, f"is missing {e.args[0]}: the file is incomplete or not deadiff_v1") from e
+        raise DEADiffCheckpointError(path, f"is missing {e.args[0]}; {_INCOMPLETE}") from e
     except (IndexError, ValueError) as e:
         raise DEADiffCheckpointError(
-            path, f"has DEADiff tensors of unexpected rank or size ({e}); the file is corrupt or not deadiff_v1") from e
+            path, f"has DEADiff tensors of unexpected rank or size ({e}); {_CORRUPT}") from e
     expected = expected_shapes(config)
     missing = [k for k in expected if k not in tensors]
     if missing:
         raise DEADiffCheckpointError(
             path, f"is missing {len(missing)} DEADiff tensors, e.g. {', '.join(missing[:5])}; the file is "
-                  "incomplete or from another model")
+                  f"incomplete or from another model: {_DOWNLOAD}")
     for k, shape in expected.items():
         if tuple(tensors[k].shape) != shape:
             raise DEADiffCheckpointError(
@@ -466,7 +466,9 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     return tensors, config, {**metadata, "weights_fingerprint": fingerprint}
 
 
-_CORRUPT = "the file is corrupt or not deadiff_v1: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)"
+_DOWNLOAD = "download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)"
+_CORRUPT = f"the file is corrupt or not deadiff_v1: {_DOWNLOAD}"
+_INCOMPLETE = f"the file is incomplete or not deadiff_v1: {_DOWNLOAD}"
 
 
 def _impossible_dimensions(c: DEADiffConfig) -> str | None:

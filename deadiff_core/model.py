@@ -45,7 +45,9 @@ class DualEncoder(nn.Module):
         if not torch.isfinite(tokens).all():
             bad = first_non_finite(self.named_parameters())
             if bad:
-                raise DEADiffCheckpointError(self.source, f"weight {bad} contains NaN or Inf values; the file is corrupt")
+                raise DEADiffCheckpointError(
+                    self.source, f"weight {bad} (of the {branch} encoder) contains NaN or Inf values; the file is "
+                                 "corrupt: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)")
             raise FloatingPointError(f"the {branch} tokens overflowed in {param.dtype}; try running the encoder "
                                      "in float32 (ComfyUI's --fp32-text-enc)")
         return tokens

@@ -234,6 +234,59 @@ class ComfyServer:
                 self.process.wait()
         self._log.close()
 
+    # ---- additive helpers (reliability and soak tests): queue without waiting, any outcome, memory, uploads
+
+    def queue(self, prompt: dict) -> str:
+        """Queue `prompt`; return its prompt_id without waiting."""
+        return self.post("/prompt", {"prompt": prompt, "client_id": "deadiff-tests"})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """The history entry of `prompt_id` once it finished, whatever the outcome (success, error, interrupted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log()}")
+
+    def resident_bytes(self) -> int:
+        """The server process's resident memory (VmRSS of /proc/<pid>/status), in bytes."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for pid {self.process.pid}")
+
+    def upload_image(self, name: str, png: bytes) -> str:
+        """POST /upload/image (multipart, as the front end sends it) into input/; return the stored name."""
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + png + (
+                f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+                f"--{boundary}--\r\n").encode()
+        req = urllib.request.Request(self.url + "/upload/image", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())["name"]
+
+
+def execution_error(entry: dict) -> dict | None:
+    """The `execution_error` message of a history entry (exception_type, exception_message, node_type), or None."""
+    for event, data in entry.get("status", {}).get("messages", []):
+        if event == "execution_error":
+            return data
+    return None
+
+
+def start_server(prefix: str = "deadiff-extra-") -> ComfyServer:
+    """Another real server with its own base directory (stop it with `stop_server`)."""
+    return ComfyServer(comfyui_dir(), make_base_directory(prefix))
+
+
+def stop_server(server: ComfyServer) -> None:
+    server.stop()
+    shutil.rmtree(server.base, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def comfy_server():

@@ -14,7 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+import bad_files
 import deadiff_fakes
+from bad_files import BAD_FILES, CallsPartial, RunsCode
+from bad_files import nan_encoder as _nan
+from bad_files import write as _write
 from deadiff_core import DEADiffCheckpointError, load_deadiff
 from deadiff_core.checkpoint import read_deadiff_tensors
 from deadiff_core.convert import main as convert_main
@@ -24,11 +28,7 @@ IMAGES = torch.rand(2, 50, 70, 3, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("formats")
-    sd = deadiff_fakes.make_official_state_dict(seed=21)
-    ckpt = deadiff_fakes.write_official_ckpt(folder / "deadiff_v1.ckpt", sd)
-    st_file = deadiff_fakes.write_official_safetensors(folder / "deadiff_v1.safetensors", sd)
-    return {"sd": sd, "ckpt": ckpt, "safetensors": st_file, "folder": folder}
+    return bad_files.good_files(tmp_path_factory.mktemp("formats"), seed=21)
 
 
 def tokens(model):
@@ -106,22 +106,7 @@ def test_dimensions_are_inferred_from_shapes(tmp_path_factory, vision_width, vis
     assert (c.vision_heads, c.qformer_heads) == (vision_width // 64, hidden // 64)
 
 
-# ------------------------------------------------------------------ bad files
-
-def _write(path, data: bytes):
-    path.write_bytes(data)
-    return path
-
-
-class RunsCode:
-    """Unpickling this would call os.system and create a marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
+# ------------------------------------------------------------------ bad files (the corpus: tests/bad_files.py)
 
 def test_pickle_payloads_never_run(files, tmp_path):
     marker = tmp_path / "pwned"
@@ -144,36 +129,6 @@ def test_pickle_payloads_never_run(files, tmp_path):
     assert not marker.exists(), "a pickle payload ran"
 
 
-def _truncate(path, out, fraction):
-    data = path.read_bytes()
-    return _write(out, data[: int(len(data) * fraction)])
-
-
-def ip_adapter_file(tmp_path):
-    path = tmp_path / "ip-adapter_sd15.bin"
-    torch.save({"image_proj": {"proj.weight": torch.zeros(3072, 1024)},
-                "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768)}}, path)
-    return path
-
-
-def sd15_file(tmp_path):
-    path = tmp_path / "v1-5-pruned-emaonly.safetensors"
-    save_file(deadiff_fakes.frozen_sd_placeholders(), str(path))
-    return path
-
-
-def mutated(files, tmp_path, name, change):
-    sd = dict(files["sd"])
-    change(sd)
-    return deadiff_fakes.write_official_safetensors(tmp_path / name, sd)
-
-
-def _nan_site(sd):
-    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight"
-    sd[key] = sd[key].clone()
-    sd[key][1, 2] = float("nan")
-
-
 def test_nan_in_the_encoder_weights_is_named_at_encode(files, tmp_path):
     sd = dict(files["sd"])
     _nan(sd)
@@ -181,52 +136,6 @@ def test_nan_in_the_encoder_weights_is_named_at_encode(files, tmp_path):
     model = load_deadiff(path)
     with pytest.raises(DEADiffCheckpointError, match="nan_encoder.safetensors: weight .*style.*contains NaN"):
         model.encoder.encode(IMAGES, "style")
-
-
-def _nan(sd):
-    sd["style_proj_layer.dense1.weight"] = sd["style_proj_layer.dense1.weight"].clone()
-    sd["style_proj_layer.dense1.weight"][0, 0] = float("nan")
-
-
-BAD_FILES = {
-    "zero bytes": (lambda f, t: _write(t / "zero.ckpt", b""), "empty"),
-    "random bytes": (lambda f, t: _write(t / "random.ckpt", os.urandom(4096)), "not a PyTorch checkpoint"),
-    "random bytes .safetensors": (lambda f, t: _write(t / "random.safetensors", os.urandom(4096)),
-                                  "truncated or corrupt"),
-    "truncated ckpt": (lambda f, t: _truncate(f["ckpt"], t / "cut.ckpt", 0.6), "truncated or corrupt"),
-    "truncated safetensors": (lambda f, t: _truncate(f["safetensors"], t / "cut.safetensors", 0.6),
-                              "truncated or corrupt"),
-    "SD1.5 checkpoint": (lambda f, t: sd15_file(t), "looks like a Stable Diffusion checkpoint"),
-    "IP-Adapter": (lambda f, t: ip_adapter_file(t), "looks like an IP-Adapter model"),
-    "wrong shape": (lambda f, t: mutated(f, t, "shape.safetensors", lambda sd: sd.update(
-        {"style_proj_layer.dense2.weight": torch.zeros(64, 100)})), "style_proj_layer.dense2.weight has shape [64, 100]"),
-    "wrong site width": (lambda f, t: mutated(f, t, "site.safetensors", lambda sd: sd.update(
-        {"model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight": torch.zeros(100, 64)})),
-        "output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight has shape [100, 64]"),
-    "missing Q-Former layer part": (lambda f, t: mutated(f, t, "missing.safetensors", lambda sd: sd.pop(
-        "content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight")),
-        "missing 1 DEADiff tensors, e.g. content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight"),
-    "no i_to_k": (lambda f, t: mutated(f, t, "noitok.safetensors", lambda sd: [
-        sd.pop(k) for k in list(sd) if ".i_to_k." in k]), "is missing"),
-    "NaN site projection": (lambda f, t: mutated(f, t, "nan.safetensors", _nan_site),
-                            "input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight contains NaN"),
-    "integer weights": (lambda f, t: mutated(f, t, "int.safetensors", lambda sd: sd.update(
-        {"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)})), "dtype torch.int32"),
-    "cross-attention not reading the vision width": (lambda f, t: mutated(f, t, "kv.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(64, 128)}) for k in list(sd) if ".crossattention.self.key.weight" in k
-        or ".crossattention.self.value.weight" in k]),
-        "crossattention.self.key.weight has shape [64, 128] but [64, 64] was expected"),
-    "sites not reading the Q-Former width": (lambda f, t: mutated(f, t, "ctx.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(sd[k].shape[0], 96)}) for k in list(sd) if ".i_to_" in k]),
-        "i_to_k.weight has shape [32, 96] but [32, 64] was expected"),
-    "positions not a square grid plus one": (lambda f, t: mutated(f, t, "grid.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(52, 64)}) for k in list(sd) if k.endswith("positional_embedding")]),
-        "positional_embedding has shape [52, 64] but [50, 64] was expected"),
-    "scalar query tokens": (lambda f, t: mutated(f, t, "scalar.safetensors", lambda sd: sd.update(
-        {"style_blip.query_tokens": torch.zeros(())})), "unexpected rank or size"),
-    "not a zip although .ckpt": (lambda f, t: _write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
-                                 "not a PyTorch checkpoint"),
-}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -271,18 +180,6 @@ def test_fakes_at_full_size_reproduce_the_official_key_list():
 
 
 # ------------------------------------------------------------------ how a .ckpt is read
-
-class CallsPartial:
-    """Unpickling this would build functools.partial(os.system, ...) and then call it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import functools
-
-        return (functools.partial(os.system, f"touch {self.marker}"), ())
-
 
 def test_lightning_extras_of_any_shape_are_inert(files, tmp_path):
     marker = tmp_path / "pwned"

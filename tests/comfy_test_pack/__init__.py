@@ -273,3 +273,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DEADiffTest_Keep": "Keep Any Value (DEADiff test)",
     "DEADiffTest_ProbeSampler": "Probe Sampler (DEADiff test)",
 }
+
+# nodes of the reliability tests (tests/test_reliability_*.py, tests/test_soak.py)
+from .reliability import NODE_CLASS_MAPPINGS as _RELIABILITY_NODES  # noqa: E402
+from .reliability import NODE_DISPLAY_NAME_MAPPINGS as _RELIABILITY_NAMES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_RELIABILITY_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update(_RELIABILITY_NAMES)
