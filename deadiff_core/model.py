@@ -6,11 +6,15 @@ spent on random initial weights: loading costs about what we keep.
 from __future__ import annotations
 
 import torch
+import os
+import time
+
 from torch import nn
 
-from .checkpoint import first_non_finite, read_deadiff_tensors
+from .checkpoint import COMPACT_FORMAT, first_non_finite, read_deadiff_tensors
 from .config import DEADiffConfig
 from .errors import DEADiffCheckpointError
+from .load_report import COMPACT_BYTES_PER_VALUE, LoadReport
 from .preprocess import DEFAULT_PAD_COLOR, SQUASH, normalize
 from .projection import ProjLayer, SiteProjections
 from .qformer import TEXT_IDS, QFormer
@@ -99,6 +103,7 @@ class DEADiffModel(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint = ""  # identifies the weights (set by load_deadiff; saved tokens record it)
+        self.load_report: LoadReport | None = None  # set by load_deadiff
         self.encoder = DualEncoder(config, source)
         self.injection = SiteProjections(config)
 
@@ -133,12 +138,29 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
     return model.eval().requires_grad_(False)
 
 
-def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
-    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
-    tensors, config, metadata = read_deadiff_tensors(str(path), dtype)
+def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None) -> DEADiffModel:
+    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU.
+
+    progress(done, total) is called after each tensor record read (done rises to total). The model's
+    `load_report` (a LoadReport) says how long it took and, for a file that is not compact, how much
+    faster the compact file would load."""
+    start = time.perf_counter()
+    bytes_read = 0
+
+    def on_read(done, total, nbytes):
+        nonlocal bytes_read
+        bytes_read += nbytes
+        if progress is not None:
+            progress(done, total)
+
+    tensors, config, metadata = read_deadiff_tensors(str(path), dtype, on_read=on_read)
+    compact_bytes = COMPACT_BYTES_PER_VALUE * sum(t.numel() for t in tensors.values())
     try:
         model = build_model(tensors, config, dtype, source=str(path))
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
     model.fingerprint = metadata["weights_fingerprint"]
+    model.load_report = LoadReport(
+        name=os.path.basename(str(path)), seconds=time.perf_counter() - start, file_bytes=os.path.getsize(path),
+        bytes_read=bytes_read, compact_bytes=compact_bytes, is_compact=metadata.get("format") == COMPACT_FORMAT)
     return model
