@@ -44,7 +44,8 @@ def encode_as_before(model, images, branch):
         image_tokens = encoder.tower(branch)(x)
         qformer = encoder.qformers[branch]
         b = image_tokens.shape[0]
-        out = qformer.bert(input_ids=qformer.text_ids.expand(b, -1), query_embeds=qformer.query_tokens.expand(b, -1, -1),
+        out = qformer.bert(input_ids=qformer.text_ids.expand(b, -1),
+                           query_embeds=qformer.query_tokens.expand(b, -1, -1),
                            encoder_hidden_states=image_tokens).last_hidden_state
         return encoder.projs[branch](out[:, :qformer.query_tokens.shape[1]])
 
