@@ -5,10 +5,10 @@ spent on random initial weights: loading costs about what we keep.
 """
 from __future__ import annotations
 
-import torch
 import os
 import time
 
+import torch
 from torch import nn
 
 from .checkpoint import COMPACT_FORMAT, first_non_finite, read_deadiff_tensors
