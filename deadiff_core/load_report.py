@@ -1,9 +1,9 @@
 """What loading a DEADiff file cost, and what the compact file would save: the loader's log line.
 
 The estimate for a file that is not already compact compares bytes: loading reads `bytes_read`
-bytes of tensors from it (for the official .ckpt: both vision towers, since they are compared,
-in the file's mixed fp16/fp32: 3.16 GB by the official key list), while the compact fp16 file that deadiff-convert writes
-holds the kept tensors once, at 2 bytes each (1.43 GB): 2.2x. For a file of that size reading
+bytes of tensors from it (for the official .ckpt: both vision towers, since they are compared, in
+the file's mixed fp16/fp32: 3.16 GB by the official key list), while the compact fp16 file that
+deadiff-convert writes holds the kept tensors once, at 2 bytes each (1.43 GB): 2.2x. For a file of that size reading
 dominates the load, and the .ckpt's records also go through zip checksums, a copy and the tower
 comparison that the compact file skips, so the real gain is larger (bench/bench_core.py measures
 both and prints this estimate next to the measurement; a small file's fixed costs make it smaller).
