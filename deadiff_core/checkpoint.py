@@ -377,11 +377,13 @@ def _describe_foreign(path: str, keys: Iterable[str]) -> str | None:
 
 
 def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
-                        progress=None) -> tuple[dict, DEADiffConfig, dict]:
+                        progress=None, on_read=None) -> tuple[dict, DEADiffConfig, dict]:
     """The kept tensors under their official names (vision tower once when both copies are equal),
     the inferred config, and the file's metadata. Floating tensors are cast to `dtype` one by one as
     they are read, so the peak memory stays near what is kept. `progress(iterable, total)` may wrap
-    the reading loop (a progress bar).
+    the reading loop (a progress bar). `on_read(done, total, nbytes)` is called after each tensor read
+    from the file: `done` rises to `total` (the kept records) and never passes it, `nbytes` is the
+    tensor's size as stored.
 
     The returned metadata also holds "weights_fingerprint": a hash of a few learned tensors rounded
     to fp16 from the file's own values, so the official .ckpt and its compact conversions (fp16 or
@@ -408,23 +410,33 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     # compared tensor by tensor in the file's own dtype and kept only if some tensor differs.
     shared = True
     digests = {}
+    reads = 0
+
+    def read(key):
+        nonlocal reads
+        value = mapping[key]
+        if on_read is not None:
+            reads += 1
+            on_read(min(reads, len(kept_keys)), len(kept_keys), value.numel() * value.element_size())
+        return value
+
     try:
         tensors = {}
         for k in (progress or (lambda it, total: it))(kept_keys, len(kept_keys)):
             if k in content_vision:
                 continue
-            value = mapping[k]
+            value = read(k)
             if k in FINGERPRINT_KEYS:
                 digests[k] = hashlib.sha256(value.to(torch.float16).contiguous().numpy().tobytes()).hexdigest()
             twin = k.replace("style_blip.", "content_blip.", 1)
             if content_vision and shared and k.startswith("style_blip.") and is_vision(k):
-                shared = twin in content_vision and torch.equal(value, mapping[twin])
+                shared = twin in content_vision and torch.equal(value, read(twin))
             tensors[k] = cast(value)
         if content_vision and shared:
             style_twins = {k.replace("style_blip.", "content_blip.", 1) for k in tensors}
             shared = content_vision <= style_twins
         if content_vision and not shared:
-            tensors.update({k: cast(mapping[k]) for k in sorted(content_vision)})
+            tensors.update({k: cast(read(k)) for k in sorted(content_vision)})
     except DEADiffCheckpointError:
         raise
     except Exception as e:

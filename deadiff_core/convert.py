@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import os
 import sys
+import time
 
 import torch
 from safetensors.torch import save_file
@@ -35,18 +36,31 @@ def _progress(iterable, total: int, desc: str):
     yield from tqdm(iterable, total=total, desc=desc, unit="tensor" if "tensor" in desc else "block")
 
 
-def sha256_of(path: str) -> str:
+HASH_BLOCK = 1 << 24
+
+
+def hash_blocks(path: str) -> int:
+    """How many blocks sha256_of reads (its progress steps)."""
+    return max(1, -(-os.path.getsize(path) // HASH_BLOCK))
+
+
+def sha256_of(path: str, on_block=None) -> str:
+    """The file's sha256; on_block(done, total) after each 16 MiB block."""
     digest = hashlib.sha256()
-    size = os.path.getsize(path)
-    chunk = 1 << 24
+    total = hash_blocks(path)
     with open(path, "rb") as f:
-        for _ in _progress(range(0, size, chunk), total=max(1, -(-size // chunk)), desc="hashing (16 MiB blocks)"):
-            digest.update(f.read(chunk))
+        for i in _progress(range(total), total=total, desc="hashing (16 MiB blocks)"):
+            digest.update(f.read(HASH_BLOCK))
+            if on_block is not None:
+                on_block(i + 1, total)
     return digest.hexdigest()
 
 
-def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False) -> dict:
-    """Write the compact file; returns {"source_bytes", "compact_bytes", "tensors"}."""
+def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False, progress=None) -> dict:
+    """Write the compact file; returns {"source_bytes", "compact_bytes", "tensors", "seconds"}.
+
+    progress(done, total) is called after each step: each tensor record read, each 16 MiB block of
+    the source hashed, then the write (done rises to total)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if os.path.abspath(src) == os.path.abspath(dst):
@@ -55,10 +69,24 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False) -> dic
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
         raise ValueError(f"the destination folder {os.path.dirname(os.path.abspath(dst))} does not exist")
+    start = time.perf_counter()
+    blocks = hash_blocks(src) if os.path.isfile(src) else 1  # a missing source is reported by the reader
+    records = 0  # known at the first record read
+
+    def report(done):
+        if progress is not None:
+            progress(done, records + blocks + 1)
+
+    def on_read(done, total, _nbytes):
+        nonlocal records
+        records = total
+        report(done)
+
     tensors, config, _ = read_deadiff_tensors(
-        src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"))
+        src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"), on_read=on_read)
     kept = {key: tensors.pop(key).contiguous() for key in sorted(tensors)}
-    metadata = compact_metadata(config, os.path.basename(src), sha256_of(src))
+    metadata = compact_metadata(config, os.path.basename(src),
+                                sha256_of(src, on_block=lambda done, _total: report(records + done)))
     tmp = dst + ".partial"
     try:
         save_file(kept, tmp, metadata=metadata)
@@ -67,7 +95,9 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False) -> dic
         if os.path.exists(tmp):
             os.remove(tmp)
         raise OSError(f"could not write {dst}: {e}") from e
-    return {"source_bytes": os.path.getsize(src), "compact_bytes": os.path.getsize(dst), "tensors": len(kept)}
+    report(records + blocks + 1)
+    return {"source_bytes": os.path.getsize(src), "compact_bytes": os.path.getsize(dst), "tensors": len(kept),
+            "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> int:
@@ -84,7 +114,7 @@ def main(argv=None) -> int:
         return 2
     mib = 1 << 20
     print(f"{args.src}: {sizes['source_bytes'] / mib:,.1f} MiB -> {args.dst}: {sizes['compact_bytes'] / mib:,.1f} MiB "
-          f"({sizes['tensors']} tensors, {args.dtype})")
+          f"({sizes['tensors']} tensors, {args.dtype}) in {sizes['seconds']:.1f} s")
     return 0
 
 

@@ -5,15 +5,20 @@ spent on random initial weights: loading costs about what we keep.
 """
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 from torch import nn
 
-from .checkpoint import first_non_finite, read_deadiff_tensors
+from .checkpoint import COMPACT_FORMAT, first_non_finite, read_deadiff_tensors
 from .config import DEADiffConfig
 from .errors import DEADiffCheckpointError
-from .preprocess import preprocess
+from .load_report import COMPACT_BYTES_PER_VALUE, LoadReport
+from .preprocess import DEFAULT_PAD_COLOR, SQUASH, normalize
 from .projection import ProjLayer, SiteProjections
 from .qformer import TEXT_IDS, QFormer
+from .reference import Reference, prepare_reference
 from .routing import BRANCHES
 from .vision_tower import VisionTower
 
@@ -33,15 +38,46 @@ class DualEncoder(nn.Module):
     def tower(self, branch: str) -> VisionTower:
         return self.vision["shared"] if "shared" in self.vision else self.vision[branch]
 
+    def prepare(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
+                reference_mask: torch.Tensor | None = None) -> Reference:
+        """The Reference these encoders read: pixels by resize_mode, token weights from the mask."""
+        param = next(self.parameters())
+        return prepare_reference(images.to(param.device), self.config.image_size, self.config.patch_size,
+                                 resize_mode, pad_color, reference_mask)
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, branch: str) -> torch.Tensor:
-        """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`."""
+    def preview(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
+                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, S, 3) in 0..1: the picture the vision tower reads (before CLIP's normalization), the
+        patches the Q-Former does not read dimmed (see deadiff_core.reference)."""
+        return self.prepare(images, resize_mode, pad_color, reference_mask).preview()
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, branch: str, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
+               reference_mask: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+        """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`.
+
+        resize_mode: squash (official), center crop or pad (with pad_color); reference_mask: (H, W) or
+        (1 or B, H, W) in 0..1, which part of each image the Q-Former reads (deadiff_core.reference).
+        progress(done, total) is called after each image; with it the images are encoded one at a time
+        (each exactly as if it were encoded alone), without it all at once (as before; a batch's float
+        rounding can differ from one-at-a-time by about 1e-6 relative)."""
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        reference = self.prepare(images, resize_mode, pad_color, reference_mask)
+        if progress is None:
+            return self._encode(reference, branch)
+        parts = []
+        for i in range(len(reference)):
+            parts.append(self._encode(reference[i:i + 1], branch))
+            progress(i + 1, len(reference))
+        return torch.cat(parts)
+
+    def _encode(self, reference: Reference, branch: str) -> torch.Tensor:
         param = next(self.parameters())
-        pixels = preprocess(images.to(param.device), self.config.image_size).to(param.dtype)
+        pixels = normalize(reference.pixels).to(param.dtype)
         image_tokens = self.tower(branch)(pixels)
-        tokens = self.projs[branch](self.qformers[branch](image_tokens))
+        tokens = self.projs[branch](self.qformers[branch](image_tokens, reference.token_weights))
         if not torch.isfinite(tokens).all():
             bad = first_non_finite(self.named_parameters())
             if bad:
@@ -67,6 +103,7 @@ class DEADiffModel(nn.Module):
         super().__init__()
         self.config = config
         self.fingerprint = ""  # identifies the weights (set by load_deadiff; saved tokens record it)
+        self.load_report: LoadReport | None = None  # set by load_deadiff
         self.encoder = DualEncoder(config, source)
         self.injection = SiteProjections(config)
 
@@ -101,12 +138,29 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
     return model.eval().requires_grad_(False)
 
 
-def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
-    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
-    tensors, config, metadata = read_deadiff_tensors(str(path), dtype)
+def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None) -> DEADiffModel:
+    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU.
+
+    progress(done, total) is called after each tensor record read (done rises to total). The model's
+    `load_report` (a LoadReport) says how long it took and, for a file that is not compact, how much
+    faster the compact file would load."""
+    start = time.perf_counter()
+    bytes_read = 0
+
+    def on_read(done, total, nbytes):
+        nonlocal bytes_read
+        bytes_read += nbytes
+        if progress is not None:
+            progress(done, total)
+
+    tensors, config, metadata = read_deadiff_tensors(str(path), dtype, on_read=on_read)
+    compact_bytes = COMPACT_BYTES_PER_VALUE * sum(t.numel() for t in tensors.values())
     try:
         model = build_model(tensors, config, dtype, source=str(path))
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
     model.fingerprint = metadata["weights_fingerprint"]
+    model.load_report = LoadReport(
+        name=os.path.basename(str(path)), seconds=time.perf_counter() - start, file_bytes=os.path.getsize(path),
+        bytes_read=bytes_read, compact_bytes=compact_bytes, is_compact=metadata.get("format") == COMPACT_FORMAT)
     return model

@@ -139,3 +139,108 @@ def encode(sd, images, branch):
     grid = math.isqrt(sd[blip + "visual_encoder.positional_embedding"].shape[0] - 1)
     image = vision(sd, blip, pixels(images, grid * patch))
     return proj_layer(sd, f"{branch}_proj_layer.", qformer(sd, blip, image, branch))
+
+
+# ------------------------------------------------------------------ reference preparation options
+
+def square(x, resize_mode, fill):
+    """(B, C, H, W) -> the square the mode makes. center crop: the centred min(H, W) square; pad: the
+    image centred in a max(H, W) square of `fill` (one value per channel). Leftover odd pixels go to
+    the bottom / right. squash: x itself."""
+    b, c, h, w = x.shape
+    if resize_mode == "squash":
+        return x
+    if resize_mode == "center crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return x[:, :, top:top + s, left:left + s]
+    s = max(h, w)
+    out = torch.empty(b, c, s, s, dtype=x.dtype)
+    for ch in range(c):
+        out[:, ch] = fill[ch]
+    top, left = (s - h) // 2, (s - w) // 2
+    out[:, :, top:top + h, left:left + w] = x
+    return out
+
+
+def pixels_01(images, size, resize_mode="squash", pad_color=(0.5, 0.5, 0.5)):
+    """The picture the tower reads, before CLIP's normalization: (B, 3, size, size) in 0..1."""
+    x = images.float()
+    if x.shape[-1] == 1:
+        x = torch.cat([x, x, x], dim=-1)
+    x = square(x[..., :3].permute(0, 3, 1, 2), resize_mode, pad_color)
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def patch_weights(mask, size, patch, resize_mode):
+    """(B, H, W) mask at the images' size, whose square side is a whole multiple of `size` -> (B, 1 + grid^2):
+    1 for the CLS token, then each patch's mean mask value (its coverage) over the best patch's."""
+    m = square(mask.float().clamp(0, 1).unsqueeze(1), resize_mode, [0.0])[:, 0]
+    side = m.shape[-1]
+    assert side % size == 0, "the plain reference only averages whole blocks"
+    grid = size // patch
+    block = patch * side // size
+    coverage = torch.zeros(m.shape[0], grid * grid)
+    for row in range(grid):
+        for col in range(grid):
+            cell = m[:, row * block:(row + 1) * block, col * block:(col + 1) * block]
+            coverage[:, row * grid + col] = cell.mean(dim=(1, 2))
+    coverage = coverage / coverage.max(dim=1, keepdim=True).values
+    return torch.cat([torch.ones(m.shape[0], 1), coverage], dim=1)
+
+
+def weighted_attention(q, k, v, heads, weights):
+    """attention() where key j's share of the softmax is weights[b, j] * exp(logit_j), renormalized."""
+    b, n, c = q.shape
+    d = c // heads
+    q = q.view(b, n, heads, d).transpose(1, 2)
+    k = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.view(b, v.shape[1], heads, d).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(d)
+    e = torch.exp(logits - logits.max(dim=-1, keepdim=True).values) * weights[:, None, None, :]
+    return ((e / e.sum(dim=-1, keepdim=True)) @ v).transpose(1, 2).reshape(b, n, c)
+
+
+def qformer_weighted(sd, prefix, image, branch, weights):
+    """qformer() whose cross-attention reads image token j with weight weights[b, j]."""
+    b = prefix + "Qformer.bert."
+    ids = torch.tensor(TEXT[branch])
+    queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
+    n_q, hidden = queries.shape[1], queries.shape[2]
+    heads = hidden // 64
+    text = sd[b + "embeddings.word_embeddings.weight"].float()[ids] + \
+        sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    x = torch.cat([queries, text.expand(image.shape[0], -1, -1)], 1)
+    x = F.layer_norm(x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(),
+                     sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12)
+    i = 0
+    while b + f"encoder.layer.{i}.attention.self.query.weight" in sd:
+        L = f"{b}encoder.layer.{i}."
+        s = L + "attention.self."
+        a = attention(linear(sd, s + "query", x), linear(sd, s + "key", x), linear(sd, s + "value", x), heads)
+        x = post_ln(sd, L + "attention.output", a, x)
+        xq, xt = x[:, :n_q], x[:, n_q:]
+        c = L + "crossattention.self."
+        a = weighted_attention(linear(sd, c + "query", xq), linear(sd, c + "key", image),
+                               linear(sd, c + "value", image), heads, weights)
+        xq = post_ln(sd, L + "crossattention.output", a, xq)
+        xq = post_ln(sd, L + "output_query", F.gelu(linear(sd, L + "intermediate_query.dense", xq)), xq)
+        xt = post_ln(sd, L + "output", F.gelu(linear(sd, L + "intermediate.dense", xt)), xt)
+        x = torch.cat([xq, xt], 1)
+        i += 1
+    return x[:, :n_q]
+
+
+@torch.no_grad()
+def encode_with_options(sd, images, branch, resize_mode="squash", pad_color=(0.5, 0.5, 0.5), mask=None):
+    """encode() with a resize mode and an optional (B, H, W) reference mask at the images' size."""
+    blip = f"{branch}_blip."
+    patch = sd[blip + "visual_encoder.conv1.weight"].shape[-1]
+    grid = math.isqrt(sd[blip + "visual_encoder.positional_embedding"].shape[0] - 1)
+    px = (pixels_01(images, grid * patch, resize_mode, pad_color) - MEAN) / STD
+    image = vision(sd, blip, px)
+    if mask is None:
+        q = qformer(sd, blip, image, branch)
+    else:
+        q = qformer_weighted(sd, blip, image, branch, patch_weights(mask, grid * patch, patch, resize_mode))
+    return proj_layer(sd, f"{branch}_proj_layer.", q)
