@@ -333,7 +333,7 @@ class Hostile(NamedTuple):
     make: object  # make(files, folder) -> path
     names: str  # the global the refusal names first
     reason: str  # pickle_policy.CAN_RUN_CODE or NOT_ALLOWED
-    oracle: str  # which independent scanner flags the file: "picklescan", "picklescan --strict" or "fickling"
+    oracle: str  # who else flags it: "picklescan", "picklescan --strict" or "torch weights_only" (test_hostile_files)
     live: bool  # the payload creates the marker when a pickle-running loader opens the file
     also: tuple = ()  # other globals the message lists
 
@@ -366,7 +366,7 @@ HOSTILE_FILES = {
     "protocol 2 compile and eval": Hostile(
         protocol(2, lambda m: Call(builtins.eval, Call(builtins.compile, creates(m), "<payload>", "exec")),
                  "compile.ckpt"), "builtins.eval", CAN_RUN_CODE, "picklescan", True, ("builtins.compile",)),
-    "EXT1 extension code": Hostile(ext_code, f"extension code {EXT_CODE}", NOT_ALLOWED, "fickling", True),
+    "EXT1 extension code": Hostile(ext_code, f"extension code {EXT_CODE}", NOT_ALLOWED, "torch weights_only", True),
     "BUILD with __setstate__": Hostile(build_setstate, "posix.system", CAN_RUN_CODE, "picklescan", True),
     "NEWOBJ functools.partial": Hostile(newobj_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True,
                                         ("posix.system",)),
