@@ -279,3 +279,46 @@ def test_what_lightning_writes_is_allowed():
 def test_a_refused_file_is_still_a_checkpoint_error():
     """Existing handlers of DEADiffCheckpointError (nodes, deadiff-convert) catch the refusal too."""
     assert issubclass(DEADiffUnsafeFileError, DEADiffCheckpointError)
+
+
+# ------------------------------------------------------------------ the command-line tools: exit 2, same message
+
+def test_deadiff_convert_refuses_with_exit_2(corpus, tmp_path, capsys):
+    from deadiff_core.convert import main as convert_main
+
+    path, marker = corpus["made"]["payloads in a DEADiff ckpt's Lightning extras"]
+    out = tmp_path / "compact.safetensors"
+    assert convert_main([str(path), str(out)]) == 2
+    err = capsys.readouterr().err
+    with pytest.raises(DEADiffUnsafeFileError) as error:
+        load_deadiff(path)
+    assert err.strip() == f"deadiff-convert: {error.value}"
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists() and not marker.exists()
+
+
+def test_deadiff_run_refuses_with_exit_2(corpus, tmp_path):
+    """The runner, as a user runs it (a subprocess), with a hostile deadiff_v1.ckpt where the README puts it.
+    The tiny SD1.5 of the test pack stands in for the SD1.5 checkpoint (the runner's test hook)."""
+    from PIL import Image
+
+    from conftest import REPO, TEST_PACK, comfyui_dir
+
+    path, marker = corpus["made"]["payloads in a DEADiff ckpt's Lightning extras"]
+    base = tmp_path / "base"
+    (base / "models" / "deadiff").mkdir(parents=True)
+    installed = base / "models" / "deadiff" / "deadiff_v1.ckpt"
+    installed.write_bytes(path.read_bytes())
+    style = tmp_path / "style.png"
+    Image.new("RGB", (40, 32), (200, 40, 10)).save(style)
+    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "DEADIFF_RUNNER_TEST_PACK": str(TEST_PACK),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "deadiff_runner.cli", "--style", str(style), "--steps", "1",
+                             "--width", "64", "--height", "64", "--output", str(tmp_path / "out.png"),
+                             "--base-directory", str(base)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    with pytest.raises(DEADiffUnsafeFileError) as error:
+        load_deadiff(installed)
+    assert error.value.problem in result.stderr and str(installed) in result.stderr
+    assert not (tmp_path / "out.png").exists() and not marker.exists()
+    assert not (base / "pwned").exists()
