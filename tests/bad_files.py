@@ -147,10 +147,12 @@ def torch_zip(path, data_pkl: bytes) -> Path:
     return path
 
 
-def with_state_dict(files, **extras) -> dict:
-    """A real DEADiff checkpoint dict (Lightning layout) with `extras` beside its state_dict."""
-    return {"state_dict": deadiff_fakes.as_module_state_dict(files["sd"]), "epoch": 3, "global_step": 12000,
-            **extras}
+def with_state_dict(files, full: bool = False, **extras) -> dict:
+    """A DEADiff checkpoint dict (Lightning layout) with `extras` beside its state_dict: the whole good
+    state_dict if `full`, else only its style ProjLayer (a refused file is never read further, and the
+    corpus stays small)."""
+    sd = files["sd"] if full else {k: v for k, v in files["sd"].items() if k.startswith("style_proj_layer.")}
+    return {"state_dict": deadiff_fakes.as_module_state_dict(sd), "epoch": 3, "global_step": 12000, **extras}
 
 
 def saved(path, obj, legacy: bool = False) -> Path:
@@ -162,7 +164,7 @@ def evil_extras_ckpt(files, folder) -> Path:
     """A real DEADiff .ckpt (torch zip) whose Lightning extras carry three payloads."""
     marker = files["marker"]
     return saved(Path(folder) / "evil_extras.ckpt", with_state_dict(
-        files, callbacks=RunsCode(marker), loops=CallsPartial(marker), hyper_parameters=EvalsCode(marker)))
+        files, full=True, callbacks=RunsCode(marker), loops=CallsPartial(marker), hyper_parameters=EvalsCode(marker)))
 
 
 def nested_payload_ckpt(files, folder) -> Path:
@@ -174,7 +176,7 @@ def nested_payload_ckpt(files, folder) -> Path:
 
 def metadata_payload_ckpt(files, folder) -> Path:
     """exec inside the state_dict's own `_metadata` (the OrderedDict's pickled attribute)."""
-    state = deadiff_fakes.as_module_state_dict(files["sd"])
+    state = with_state_dict(files)["state_dict"]
     state._metadata["style_blip"] = {"version": Call(builtins.exec, creates(files["marker"]))}
     return saved(Path(folder) / "metadata.ckpt", {"state_dict": state})
 
