@@ -2,9 +2,11 @@
 
 Accepted: the official Lightning `deadiff_v1.ckpt`, a `.safetensors` of its state_dict, and our
 compact `.safetensors` (the same official key names, DEADiff parts only, vision tower once).
-A `.ckpt` is a pickle inside a zip: our unpickler only describes tensors (it never calls anything
-from the file; every other class becomes an inert placeholder), and only the kept tensors' records
-are read. torch's legacy non-zip format goes through torch's weights-only unpickler.
+A `.ckpt` is a pickle inside a zip: our unpickler only describes tensors and never imports or calls
+anything the file names. Every global the pickle names is judged first (pickle_policy): one outside the
+allowlist of data-only classes refuses the whole file as unsafe, naming the global and where it sits;
+the allowed ones besides tensors become inert stand-ins. Only the kept tensors' records are read.
+torch's legacy non-zip format is judged the same way, then read by torch's weights-only unpickler.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from typing import Iterable
@@ -21,7 +24,8 @@ import torch
 from safetensors import safe_open
 
 from .config import DEADiffConfig, count_layers, infer_config
-from .errors import DEADiffCheckpointError
+from . import pickle_policy
+from .errors import DEADiffCheckpointError, DEADiffUnsafeFileError
 from .routing import BRANCHES, SITES
 
 COMPACT_FORMAT = "deadiff-compact"
@@ -112,51 +116,71 @@ def expected_shapes(c: DEADiffConfig) -> dict:
 # ------------------------------------------------------------------ reading files
 
 class _Inert:
-    """Stands for any class a checkpoint's pickle names besides tensors: built from nothing, runs nothing.
-    It accepts whatever pickle does to objects (state, items, being called) and ignores it."""
+    """Stands for an allowed class a checkpoint's pickle names besides tensors: built from nothing, runs
+    nothing. It takes whatever pickle does to objects (arguments, items, state, being called) and only
+    keeps it, so that a refused object nested inside can be found by its key (see `_key_path`)."""
 
-    origin = "a Python object"  # subclasses made by _inert() name what the pickle asked for
+    origin = "a Python object"  # subclasses made by _stand_in() name what the pickle asked for
+    refused = None  # a pickle_policy.Verdict on stand-ins for refused globals
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        object.__setattr__(self, "_parts", [args, kwargs])
+        return self
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __call__(self, *args, **kwargs):
-        return _Inert()
+        return type(self)(*args, **kwargs)
 
     def __setstate__(self, state):
-        pass
+        self._parts.append(state)
+
+    def __setattr__(self, name, value):  # never a real attribute: nothing can replace __setstate__
+        self._parts.append({name: value})
 
     def __setitem__(self, key, value):
-        pass
+        self._parts.append({key: value})
 
     def append(self, item):
-        pass
+        self._parts.append([item])
 
     def extend(self, items):
-        pass
+        self._parts.append(list(items))
 
 
-_INERT_CLASSES: dict = {}
+_STAND_INS: dict = {}
 
 
-def _inert(module: str, name: str) -> type:
-    """An _Inert subclass standing for `module.name`, so an error can say what the file asked for."""
-    key = (str(module), str(name))
-    if key not in _INERT_CLASSES:
-        _INERT_CLASSES[key] = type("Inert", (_Inert,), {"origin": f"{key[0]}.{key[1]}"})
-    return _INERT_CLASSES[key]
+def _stand_in(name: str, refused=None) -> type:
+    """An _Inert subclass standing for the global `name`, so an error can say what the file asked for."""
+    key = (name, refused)
+    if key not in _STAND_INS:
+        _STAND_INS[key] = type("Inert", (_Inert,), {"origin": name, "refused": refused})
+    return _STAND_INS[key]
 
 
 class _NotAStateDict(ValueError):
     """A readable checkpoint that holds something other than a dict of tensors."""
 
 
+class _UnsafePickle(Exception):
+    """A pickle naming globals that pickle_policy refuses; `where` says where the first one sits."""
+
+    def __init__(self, verdicts: list, where: str):
+        super().__init__(verdicts[0].name)
+        self.verdict, self.where = verdicts[0], where
+        self.others = sorted({v.name for v in verdicts} - {verdicts[0].name})
+
+
 class _StateDict(dict):
     """collections.OrderedDict as `module.state_dict()` returns it (and Lightning saves it): pickled with
-    its `_metadata` attribute as state, which a plain dict could not take. The metadata is dropped."""
+    its `_metadata` attribute as state, which a plain dict could not take. The state is kept aside,
+    never used: only searched for refused objects."""
 
     def __setstate__(self, state):
-        pass
+        self.__dict__.setdefault("states", []).append(state)
 
 
 _STORAGE_DTYPES = {
@@ -187,28 +211,104 @@ def _rebuild_from_type(func, new_type, args, state):
     return func(*args)  # func is one of ours (see find_class): a tensor subclass is read as a plain tensor
 
 
+# The allowed globals that we read (tensor records); every other allowed one becomes an _Inert stand-in.
+_TENSOR_RECORDS = {
+    "torch._utils._rebuild_tensor_v2": _LazyTensor, "torch._utils._rebuild_tensor": _LazyTensor,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type,
+    "collections.OrderedDict": _StateDict,
+    **{f"torch.{name}": _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+    **{f"torch.cuda.{name}": _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+}
+
+
 class _CheckpointUnpickler(pickle.Unpickler):
-    """Reads a torch zip checkpoint's data.pkl into dicts of _LazyTensor: tensors are described, not
-    loaded, and every other class becomes an _Inert placeholder. Nothing from the file is ever called."""
+    """Reads a checkpoint's pickle into dicts of _LazyTensor: tensors are described, not loaded, other
+    allowed classes become _Inert stand-ins, and a global pickle_policy refuses is recorded (and stood
+    in for, so the key it sits under can be told). Nothing from the file is ever imported or called."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.refused: list = []
 
     def find_class(self, module, name):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _LazyTensor
-        if (module, name) == ("torch._utils", "_rebuild_parameter"):
-            return _rebuild_parameter
-        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
-            return _rebuild_from_type
-        if (module, name) == ("collections", "OrderedDict"):
-            return _StateDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        return _inert(module, name)
+        verdict = pickle_policy.judge(module, name)
+        if verdict is not None:
+            self.refused.append(verdict)
+            return _stand_in(verdict.name, verdict)
+        full = pickle_policy.qualified(module, name)
+        return _TENSOR_RECORDS.get(full) or _stand_in(full)
 
     def persistent_load(self, pid):
         kind, storage_type, key = pid[0], pid[1], pid[2]
         if kind != "storage" or not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError(f"unsupported storage record {pid[:2]!r}")
         return str(key), storage_type.dtype
+
+
+def _refused_in(item) -> bool:
+    if isinstance(item, type):
+        return issubclass(item, _Inert) and item.refused is not None
+    return isinstance(item, _Inert) and item.refused is not None
+
+
+def _key_path(root, name: str) -> str | None:
+    """Where in the loaded tree a stand-in for the refused global `name` sits, as `a.b[2].c`."""
+    stack, seen = [(root, "")], set()
+    while stack:
+        item, path = stack.pop()
+        if _refused_in(item):
+            if item.refused.name == name:
+                return path or "(the whole file)"
+            continue
+        if id(item) in seen or isinstance(item, (str, bytes, int, float, type)):
+            continue
+        seen.add(id(item))
+        children = []
+        if isinstance(item, dict):
+            for key, value in item.items():
+                label = key.origin if isinstance(key, type) and issubclass(key, _Inert) else str(key)
+                child = f"{path}.{label}" if path else label
+                children += [(key, f"{child} (the key itself)"), (value, child)]
+            if isinstance(item, _StateDict):  # its pickled attributes, {"_metadata": ...}
+                children += [(state, path) for state in item.__dict__.get("states", [])]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = [(value, f"{path}[{i}]") for i, value in enumerate(item)]
+        elif isinstance(item, _Inert):
+            parts = object.__getattribute__(item, "_parts")
+            children = [(part, path) for part in parts]
+        stack.extend(reversed(children))
+    return None
+
+
+def _load_pickle(file, data_of, member: str, base: int = 0):
+    """Unpickle one pickle of a checkpoint with _CheckpointUnpickler; a refused global raises
+    _UnsafePickle naming it, where it sits (`member`, byte offset, opcode from `data_of()`, the pickle's
+    bytes) and under which key. Other failures propagate."""
+    unpickler = _CheckpointUnpickler(file)
+    root, failure = None, None
+    try:
+        root = unpickler.load()
+    except Exception as e:
+        failure = e
+    refused = unpickler.refused
+    if not refused and failure is not None:
+        extension = next(((n, pos, op) for n, pos, op in pickle_policy.globals_in(data_of())
+                          if op.startswith("EXT")), None)
+        if extension is None:
+            raise failure
+        refused = [pickle_policy.Verdict(extension[0], pickle_policy.NOT_ALLOWED)]
+    if refused:
+        first = next((v for v in refused if v.reason == pickle_policy.CAN_RUN_CODE), refused[0])
+        refused = [first] + [v for v in refused if v != first]
+        found = pickle_policy.locate(data_of(), first.name)
+        where = f"in {member}" + (f" at byte {base + found[0]} ({found[1]})" if found else "")
+        key = _key_path(root, first.name) if failure is None else None
+        if key:
+            where += f", under the key {key}"
+        raise _UnsafePickle(refused, where) from failure
+    return root
 
 
 def _flatten(tree: dict, leaf_type, prefix: str = "") -> dict:
@@ -239,7 +339,8 @@ class _ZipCheckpoint:
         byteorder = self._prefix + "byteorder"
         if byteorder in names and self._zip.read(byteorder).strip() != b"little":
             raise ValueError("big-endian checkpoints are not supported")
-        root = _CheckpointUnpickler(io.BytesIO(self._zip.read(pkl))).load()
+        data = self._zip.read(pkl)
+        root = _load_pickle(io.BytesIO(data), lambda: data, f"the archive member {pkl}")
         if isinstance(root, dict) and isinstance(root.get("state_dict"), dict):
             root = root["state_dict"]
         if not isinstance(root, dict):
@@ -292,6 +393,51 @@ def _looks_like_safetensors(path: str, head: bytes) -> bool:
         len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path))
 
 
+# A pickle's first byte: PROTO (0x80) for protocols 2-5, any opcode for protocols 0 and 1.
+_PICKLE_FIRST_BYTES = {op.code.encode("latin-1") for op in pickletools.opcodes}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy format starts with a pickle of this number
+_LEGACY_PICKLES = ("the magic number", "the format version", "the system info", "the data")
+_SCAN_LIMIT = 64 << 20  # bytes of a non-zip pickle read again to say where a refused name sits
+
+
+def _check_plain_pickles(path: str) -> bool:
+    """Judge every global of a file that is not a zip: torch's legacy format (pickles of the magic
+    number, format version, system info and the data, then raw storages) or a bare pickle, with the
+    same unpickler and policy as a zip's data.pkl. Raises _UnsafePickle; returns whether the file is
+    torch's legacy format (which torch's weights-only loader then reads)."""
+    with open(path, "rb") as f:
+        for index, what in enumerate(_LEGACY_PICKLES):
+            start = f.tell()
+
+            def data_of(start=start):
+                f.seek(start)
+                return f.read(_SCAN_LIMIT)
+            try:
+                member = (f"pickle {index + 1} of the file ({what} of torch's legacy format)" if index else
+                          "the pickle at the start of the file")
+                value = _load_pickle(f, data_of, member, base=start)
+            except _UnsafePickle:
+                raise
+            except Exception:  # damaged: torch's loader says so
+                return index > 0
+            if index == 0 and value != _LEGACY_MAGIC:
+                return False  # a bare pickle, judged whole
+    return True
+
+
+def _unsafe_file_error(path: str, e: _UnsafePickle) -> DEADiffUnsafeFileError:
+    name, reason = e.verdict
+    why = ("which can run code, touch your files or reach the network" if reason == pickle_policy.CAN_RUN_CODE else
+           "which is not one of the data-only objects a DEADiff checkpoint holds (tensors, OrderedDict and the "
+           "training records Lightning and OmegaConf save)")
+    more = f" (and {len(e.others)} more: {', '.join(e.others[:3])})" if e.others else ""
+    return DEADiffUnsafeFileError(
+        path, f"is unsafe: its pickle names {name}, {why}, {e.where}{more}. The file was refused and nothing "
+              "from it was run. Delete it and download deadiff_v1.ckpt again (Hugging Face qth/DEADiff); do not "
+              "open it with torch.load(weights_only=False) and do not share it",
+        global_name=name, reason=reason, where=e.where)
+
+
 def open_tensors(path: str):
     """(mapping of tensors, safetensors metadata or {}), or a DEADiffCheckpointError saying why not."""
     if not os.path.isfile(path):
@@ -311,14 +457,22 @@ def open_tensors(path: str):
         raise DEADiffCheckpointError(
             path, "is a zip archive (as torch checkpoints are) that is truncated or corrupt: its directory is "
                   "missing; the download was probably interrupted, download it again")
-    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # \x80: a pickle (torch's legacy format)
-        raise DEADiffCheckpointError(
-            path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
-                  "corrupt or a different kind of file; download deadiff_v1.ckpt again")
+    is_zip = zipfile.is_zipfile(path)
+    not_a_checkpoint = DEADiffCheckpointError(
+        path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
+              "corrupt or a different kind of file; download deadiff_v1.ckpt again")
+    if not is_zip and head[:1] not in _PICKLE_FIRST_BYTES:
+        raise not_a_checkpoint
     try:
-        if zipfile.is_zipfile(path):
+        if is_zip:
             return _ZipCheckpoint(path), {}
+        if not _check_plain_pickles(path):  # a pickle, but neither torch's zip nor its legacy format
+            raise not_a_checkpoint
         data = torch.load(path, map_location="cpu", weights_only=True)  # torch's legacy format
+    except DEADiffCheckpointError:
+        raise
+    except _UnsafePickle as e:
+        raise _unsafe_file_error(path, e) from None  # nothing of the refused file's own errors matters
     except _NotAStateDict as e:
         raise DEADiffCheckpointError(path, str(e)) from e
     except pickle.UnpicklingError as e:

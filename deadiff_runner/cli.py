@@ -342,7 +342,8 @@ def _run(args, session: Session, workflow_path: Path, workflow: dict, test_hook:
         except RunError as e:
             if args.verbose and e.traceback:
                 print(e.traceback, file=sys.stderr)
-            return fail(str(e), EXIT_FAILED)
+            # a file refused as unsafe must be replaced, like a missing one: exit 2 (deadiff-convert does the same)
+            return fail(str(e), EXIT_MISSING if "DEADiffUnsafeFileError" in str(e) else EXIT_FAILED)
         for item in saved_tokens(outputs):
             path = output_dir / item.get("subfolder", "") / item["filename"]
             listed = path.relative_to(output_dir / wf.TOKENS_SUBFOLDER).as_posix() + wf.OUTPUT_SUFFIX \

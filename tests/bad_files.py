@@ -11,16 +11,33 @@ file is written into `folder`.
 from __future__ import annotations
 
 import builtins
+import code
+import ctypes
 import functools
+import importlib
+import io
+import marshal
 import os
 import pickle
+import pty
 import random
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import types
+import webbrowser
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
 
 import deadiff_fakes
+import lightning_files
+from deadiff_core.pickle_policy import CAN_RUN_CODE, NOT_ALLOWED
 
 SITE_V = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight"
 
@@ -48,6 +65,22 @@ def random_bytes(n: int, seed: int) -> bytes:
 
 
 # ------------------------------------------------------------------ pickle payloads
+# Every payload, opened by a loader that runs pickles (torch.load(weights_only=False), pickle.load),
+# creates the marker file `files["marker"]` (the live ones: tests/test_hostile_files.py proves it in a
+# subprocess) or would reach the network, a terminal or a browser (those are never run).
+
+class Call:
+    """Pickles as a call of `func(*args)` (REDUCE); `func` may itself be a Call, so calls nest."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __call__(self, *args):  # pickle requires the callable of a reduce to look callable
+        raise RuntimeError("a payload stand-in is never called in the tests")
+
+    def __reduce__(self):
+        return self.func, self.args
+
 
 class RunsCode:
     """Unpickling this would call os.system and create the marker file."""
@@ -79,20 +112,85 @@ class EvalsCode:
         return (builtins.eval, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def evil_extras_ckpt(files, folder) -> Path:
-    """A real DEADiff .ckpt (torch zip) whose Lightning extras carry three payloads: it must LOAD, inertly."""
-    path = Path(folder) / "evil_extras.ckpt"
-    marker = files["marker"]
-    torch.save({"state_dict": deadiff_fakes.as_module_state_dict(files["sd"]), "callbacks": RunsCode(marker),
-                "loops": CallsPartial(marker), "hyper_parameters": EvalsCode(marker)}, path)
+def creates(marker) -> str:
+    """Python source that creates the marker file."""
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+# Hand-written pickles, for the opcodes pickle.dumps never writes this way (INST, OBJ, EXT, two BUILDs).
+def op_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def op_str(text: str) -> bytes:
+    data = text.encode()
+    return pickle.BINUNICODE + len(data).to_bytes(4, "little") + data
+
+
+def op_call(func: bytes, *args: bytes) -> bytes:
+    """func(*args): MARK args TUPLE REDUCE."""
+    return func + pickle.MARK + b"".join(args) + pickle.TUPLE + pickle.REDUCE
+
+
+PROTO2 = pickle.PROTO + b"\x02"
+EXT_CODE = 0xF1  # the extension code the EXT pickle uses (copyreg.add_extension("posix", "system", EXT_CODE))
+
+
+def torch_zip(path, data_pkl: bytes) -> Path:
+    """A torch zip checkpoint (the records torch.save writes) whose data.pkl is `data_pkl`."""
+    template = io.BytesIO()
+    torch.save({}, template)
+    path = Path(path)
+    with zipfile.ZipFile(template) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            out.writestr(info, data_pkl if info.filename.endswith("/data.pkl") else source.read(info))
     return path
+
+
+def with_state_dict(files, full: bool = False, **extras) -> dict:
+    """A DEADiff checkpoint dict (Lightning layout) with `extras` beside its state_dict: the whole good
+    state_dict if `full`, else only its style ProjLayer (a refused file is never read further, and the
+    corpus stays small)."""
+    sd = files["sd"] if full else {k: v for k, v in files["sd"].items() if k.startswith("style_proj_layer.")}
+    return {"state_dict": deadiff_fakes.as_module_state_dict(sd), "epoch": 3, "global_step": 12000, **extras}
+
+
+def saved(path, obj, legacy: bool = False) -> Path:
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return Path(path)
+
+
+def evil_extras_ckpt(files, folder) -> Path:
+    """A real DEADiff .ckpt (torch zip) whose Lightning extras carry three payloads."""
+    marker = files["marker"]
+    return saved(Path(folder) / "evil_extras.ckpt", with_state_dict(
+        files, full=True, callbacks=RunsCode(marker), loops=CallsPartial(marker), hyper_parameters=EvalsCode(marker)))
+
+
+def nested_payload_ckpt(files, folder) -> Path:
+    """subprocess.run deep inside dict values, lists and tuples of hyper_parameters."""
+    payload = Call(subprocess.run, ["touch", str(files["marker"])])
+    return saved(Path(folder) / "nested.ckpt", with_state_dict(files, hyper_parameters={
+        "model": {"target": "deadiff.DEADiff", "stages": [1, (2, payload)]}}))
+
+
+def metadata_payload_ckpt(files, folder) -> Path:
+    """exec inside the state_dict's own `_metadata` (the OrderedDict's pickled attribute)."""
+    state = with_state_dict(files)["state_dict"]
+    state._metadata["style_blip"] = {"version": Call(builtins.exec, creates(files["marker"]))}
+    return saved(Path(folder) / "metadata.ckpt", {"state_dict": state})
 
 
 def legacy_pickle_with_code(files, folder) -> Path:
-    path = Path(folder) / "legacy_code.ckpt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(files["marker"])}, path,
-               _use_new_zipfile_serialization=False)
-    return path
+    return saved(Path(folder) / "legacy_code.ckpt", {"state_dict": {"x": torch.zeros(1)},
+                                                      "hook": RunsCode(files["marker"])}, legacy=True)
+
+
+def legacy_header_with_code(files, folder) -> Path:
+    """torch's legacy format whose third pickle (the system info, read before the data) is the payload."""
+    head = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+    payload = pickle.dumps(Call(shutil.copyfile, os.devnull, str(files["marker"])), protocol=2)
+    return write(Path(folder) / "legacy_header.ckpt", head + payload + pickle.dumps({}, protocol=2))
 
 
 def bare_pickle_with_code(files, folder) -> Path:
@@ -101,9 +199,211 @@ def bare_pickle_with_code(files, folder) -> Path:
 
 def zip_whose_root_is_code(files, folder) -> Path:
     """A torch zip archive whose whole content is a payload (no state_dict at all)."""
-    path = Path(folder) / "zip_code.ckpt"
-    torch.save(RunsCode(files["marker"]), path)
-    return path
+    return saved(Path(folder) / "zip_code.ckpt", RunsCode(files["marker"]))
+
+
+def protocol(number: int, payload, name: str):
+    """A bare pickle of protocol `number`: a Lightning-like dict with `payload(marker)` in its callbacks."""
+
+    def make(files, folder):
+        data = {"state_dict": {}, "callbacks": {"ModelCheckpoint": payload(files["marker"])}}
+        return write(Path(folder) / name, pickle.dumps(data, protocol=number))
+    return make
+
+
+def protocol0_global(files, folder) -> Path:
+    """Protocol 0 by hand: GLOBAL 'os system', the plain-text opcodes of the oldest pickles."""
+    data = f"cos\nsystem\n(S'touch {files['marker']}'\ntR.".encode()
+    return write(Path(folder) / "proto0.ckpt", data)
+
+
+def protocol0_inst(files, folder) -> Path:
+    """Protocol 0 INST: instantiates 'subprocess getoutput' with the argument (a call, for a function)."""
+    data = f"(S'touch {files['marker']}'\nisubprocess\ngetoutput\n.".encode()
+    return write(Path(folder) / "inst.ckpt", data)
+
+
+def protocol1_obj(files, folder) -> Path:
+    """Protocol 1 OBJ: MARK, the global 'posix system', its argument, OBJ."""
+    data = pickle.MARK + op_global("posix", "system") + pickle.SHORT_BINSTRING
+    command = f"touch {files['marker']}".encode()
+    data += bytes([len(command)]) + command + pickle.OBJ + pickle.STOP
+    return write(Path(folder) / "obj.ckpt", data)
+
+
+def ext_code(files, folder) -> Path:
+    """EXT1: the global is not in the file, only a number that copyreg maps to posix.system where registered."""
+    data = PROTO2 + pickle.EXT1 + bytes([EXT_CODE]) + op_str(f"touch {files['marker']}") + pickle.TUPLE1
+    return write(Path(folder) / "ext.ckpt", data + pickle.REDUCE + pickle.STOP)
+
+
+def build_setstate(files, folder) -> Path:
+    """BUILD with __setstate__: an OrderedDict (allowed) gets os.system as its instance's __setstate__ through
+    a first BUILD's slot state; a second BUILD then calls it with the command."""
+    data = PROTO2 + op_call(op_global("collections", "OrderedDict"))
+    data += pickle.NONE + pickle.EMPTY_DICT + op_str("__setstate__") + op_global("posix", "system")
+    data += pickle.SETITEM + pickle.TUPLE2 + pickle.BUILD
+    data += op_str(f"touch {files['marker']}") + pickle.BUILD + pickle.STOP
+    return write(Path(folder) / "build.ckpt", data)
+
+
+def newobj_partial(files, folder) -> Path:
+    """NEWOBJ: functools.partial.__new__ takes the function and its arguments; the partial is then called."""
+    data = PROTO2 + op_global("functools", "partial") + op_global("posix", "system")
+    data += op_str(f"touch {files['marker']}") + pickle.TUPLE2 + pickle.NEWOBJ
+    data += pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    return write(Path(folder) / "newobj.ckpt", data)
+
+
+def newobj_ex_partial(files, folder) -> Path:
+    """NEWOBJ_EX (protocol 4): the same with keyword arguments, subprocess.run(["touch", marker], check=True)."""
+    data = pickle.PROTO + b"\x04" + op_global("functools", "partial") + op_global("subprocess", "run")
+    data += pickle.EMPTY_LIST + pickle.MARK + op_str("touch") + op_str(str(files["marker"])) + pickle.APPENDS
+    data += pickle.TUPLE2 + pickle.EMPTY_DICT + op_str("check") + pickle.NEWTRUE + pickle.SETITEM
+    data += pickle.NEWOBJ_EX + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    return write(Path(folder) / "newobj_ex.ckpt", data)
+
+
+def persistent_id(files, folder) -> Path:
+    """A torch zip whose tensor's persistent id (the storage record) is built by a call of posix.system."""
+    data = PROTO2 + pickle.EMPTY_DICT + op_str("state_dict") + pickle.EMPTY_DICT + op_str("x")
+    data += op_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK
+    data += pickle.MARK + op_str("storage") + op_call(op_global("posix", "system"), op_str(f"touch {files['marker']}"))
+    data += op_str("0") + op_str("cpu") + pickle.BININT1 + b"\x01" + pickle.TUPLE + pickle.BINPERSID
+    data += pickle.BININT1 + b"\x00" + pickle.MARK + pickle.BININT1 + b"\x01" + pickle.TUPLE
+    data += pickle.MARK + pickle.BININT1 + b"\x01" + pickle.TUPLE + pickle.NEWFALSE
+    data += op_call(op_global("collections", "OrderedDict")) + pickle.TUPLE + pickle.REDUCE
+    data += pickle.SETITEM + pickle.SETITEM + pickle.STOP
+    return torch_zip(Path(folder) / "persid.ckpt", data)
+
+
+def in_extras(name: str, payload):
+    """A real DEADiff zip .ckpt with `payload(marker)` as its Lightning callbacks."""
+
+    def make(files, folder):
+        return saved(Path(folder) / name, with_state_dict(files, callbacks={"ModelCheckpoint": payload(files["marker"])}))
+    return make
+
+
+def types_marshal(files, folder) -> Path:
+    """types.FunctionType(marshal.loads(code), {})(): a function made from marshalled bytecode, then called."""
+    code_bytes = marshal.dumps(compile(creates(files["marker"]), "<payload>", "exec"))
+    loads = op_call(op_global("marshal", "loads"), pickle.BINBYTES + len(code_bytes).to_bytes(4, "little") + code_bytes)
+    function = op_call(op_global("types", "FunctionType"), loads, pickle.EMPTY_DICT)
+    data = pickle.PROTO + b"\x03" + function + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    return write(Path(folder) / "marshal.ckpt", data)
+
+
+def sys_modules(files, folder) -> Path:
+    """getattr(sys.modules.get("os"), "system")(command): sys.modules reached as a global, by hand."""
+    getattr_ = op_global("builtins", "getattr")
+    module = op_call(op_call(getattr_, op_global("sys", "modules"), op_str("get")), op_str("os"))
+    data = PROTO2 + op_call(op_call(getattr_, module, op_str("system")), op_str(f"touch {files['marker']}"))
+    return write(Path(folder) / "sys.ckpt", data + pickle.STOP)
+
+
+def nt_system(files, folder) -> Path:
+    """Windows' os.system (module nt): refused by name on any system."""
+    data = PROTO2 + op_call(op_global("nt", "system"), op_str(f"type nul > {files['marker']}")) + pickle.STOP
+    return write(Path(folder) / "nt.ckpt", data)
+
+
+class TrainingConfig:
+    """A training script's own config class: not code, but nothing a DEADiff checkpoint holds."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+TrainingConfig.__module__ = "__main__"  # as a training script run as `python main.py` pickles it
+
+
+def custom_class_ckpt(files, folder) -> Path:
+    import sys
+    main = sys.modules["__main__"]
+    had = getattr(main, "TrainingConfig", None)
+    main.TrainingConfig = TrainingConfig  # pickle checks that __main__.TrainingConfig is this class
+    try:
+        return saved(Path(folder) / "custom_class.ckpt", with_state_dict(
+            files, hyper_parameters={"config": TrainingConfig(target="deadiff.DEADiff", lr=1e-5)}))
+    finally:
+        if had is None:
+            del main.TrainingConfig
+
+
+class Hostile(NamedTuple):
+    make: object  # make(files, folder) -> path
+    names: str  # the global the refusal names first
+    reason: str  # pickle_policy.CAN_RUN_CODE or NOT_ALLOWED
+    oracle: str  # who else flags it: "picklescan", "picklescan --strict" or "torch weights_only" (test_hostile_files)
+    live: bool  # the payload creates the marker when a pickle-running loader opens the file
+    also: tuple = ()  # other globals the message lists
+
+
+SYSTEM = os.system.__module__ + ".system"  # posix.system (nt.system on Windows), how pickle names os.system
+
+HOSTILE_FILES = {
+    "payloads in a DEADiff ckpt's Lightning extras": Hostile(evil_extras_ckpt, SYSTEM, CAN_RUN_CODE, "picklescan",
+                                                              True, ("builtins.eval", "functools.partial")),
+    "payload nested in lists and tuples of hyper_parameters": Hostile(
+        nested_payload_ckpt, "subprocess.run", CAN_RUN_CODE, "picklescan", True),
+    "payload in the state_dict's _metadata": Hostile(metadata_payload_ckpt, "builtins.exec", CAN_RUN_CODE,
+                                                     "picklescan", True),
+    "legacy pickle that runs code": Hostile(legacy_pickle_with_code, SYSTEM, CAN_RUN_CODE, "picklescan", True),
+    "legacy file whose system info runs shutil": Hostile(legacy_header_with_code, "shutil.copyfile", CAN_RUN_CODE,
+                                                         "picklescan", True),
+    "bare pickle that runs code": Hostile(bare_pickle_with_code, "builtins.eval", CAN_RUN_CODE, "picklescan", True),
+    "zip checkpoint that is only code": Hostile(zip_whose_root_is_code, SYSTEM, CAN_RUN_CODE, "picklescan", True),
+    "protocol 0 GLOBAL os.system": Hostile(protocol0_global, "os.system", CAN_RUN_CODE, "picklescan", True),
+    "protocol 0 INST subprocess": Hostile(protocol0_inst, "subprocess.getoutput", CAN_RUN_CODE, "picklescan", True),
+    "protocol 1 OBJ posix.system": Hostile(protocol1_obj, "posix.system", CAN_RUN_CODE, "picklescan", True),
+    "protocol 3 open": Hostile(protocol(3, lambda m: Call(builtins.open, str(m), "w"), "proto3.ckpt"),
+                               "io.open", CAN_RUN_CODE, "picklescan --strict", True),
+    "protocol 4 STACK_GLOBAL getattr and __import__": Hostile(
+        protocol(4, lambda m: Call(Call(builtins.getattr, Call(builtins.__import__, "os"), "system"), f"touch {m}"),
+                 "proto4.ckpt"), "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("builtins.__import__",)),
+    "protocol 5 importlib": Hostile(
+        protocol(5, lambda m: Call(Call(builtins.getattr, Call(importlib.import_module, "os"), "system"), f"touch {m}"),
+                 "proto5.ckpt"), "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("importlib.import_module",)),
+    "protocol 2 compile and eval": Hostile(
+        protocol(2, lambda m: Call(builtins.eval, Call(builtins.compile, creates(m), "<payload>", "exec")),
+                 "compile.ckpt"), "builtins.eval", CAN_RUN_CODE, "picklescan", True, ("builtins.compile",)),
+    "EXT1 extension code": Hostile(ext_code, f"extension code {EXT_CODE}", NOT_ALLOWED, "torch weights_only", True),
+    "BUILD with __setstate__": Hostile(build_setstate, "posix.system", CAN_RUN_CODE, "picklescan", True),
+    "NEWOBJ functools.partial": Hostile(newobj_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True,
+                                        ("posix.system",)),
+    "NEWOBJ_EX functools.partial": Hostile(newobj_ex_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True,
+                                           ("subprocess.run",)),
+    "persistent id built by a call": Hostile(persistent_id, "posix.system", CAN_RUN_CODE, "picklescan", True),
+    "runpy": Hostile(in_extras("runpy.ckpt", lambda m: Call(runpy._run_code, creates(m), {})), "runpy._run_code",
+                     CAN_RUN_CODE, "picklescan", True),
+    "pickle inside a pickle": Hostile(
+        in_extras("nested_pickle.ckpt", lambda m: Call(pickle.loads, pickle.dumps(RunsCode(m), protocol=2))),
+        "pickle.loads", CAN_RUN_CODE, "picklescan", True),
+    "types and marshal": Hostile(types_marshal, "types.FunctionType", CAN_RUN_CODE, "picklescan --strict", True,
+                                 ("marshal.loads",)),
+    "ctypes": Hostile(in_extras("ctypes.ckpt", lambda m: Call(Call(builtins.getattr, Call(ctypes.CDLL, None), "system"),
+                                                               f"touch {m}".encode())),
+                      "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("ctypes.CDLL",)),
+    "code.InteractiveInterpreter": Hostile(
+        in_extras("code.ckpt", lambda m: Call(Call(builtins.getattr, Call(code.InteractiveInterpreter), "runsource"),
+                                              creates(m))),
+        "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("code.InteractiveInterpreter",)),
+    "sys.modules": Hostile(sys_modules, "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("sys.modules",)),
+    "nt.system": Hostile(nt_system, "nt.system", CAN_RUN_CODE, "picklescan", False),
+    "socket": Hostile(in_extras("socket.ckpt", lambda m: Call(socket.create_connection, ("127.0.0.1", 9))),
+                      "socket.create_connection", CAN_RUN_CODE, "picklescan", False),
+    "pty": Hostile(in_extras("pty.ckpt", lambda m: Call(pty.spawn, ["touch", str(m)])), "pty.spawn", CAN_RUN_CODE,
+                   "picklescan", False),
+    "webbrowser": Hostile(in_extras("webbrowser.ckpt", lambda m: Call(webbrowser.open, "http://127.0.0.1:9/")),
+                          "webbrowser.open", CAN_RUN_CODE, "picklescan", False),
+    "torch.hub": Hostile(in_extras("hub.ckpt", lambda m: Call(torch.hub.load, "someone/repo", "model")),
+                         "torch.hub.load", CAN_RUN_CODE, "picklescan --strict", False),
+    "torch.load of another file": Hostile(in_extras("torch_load.ckpt", lambda m: Call(torch.load, str(m) + ".pt")),
+                                          "torch.serialization.load", CAN_RUN_CODE, "picklescan", False),
+    "a training script's own class": Hostile(custom_class_ckpt, "__main__.TrainingConfig", NOT_ALLOWED,
+                                             "picklescan --strict", False),
+}
 
 
 # ------------------------------------------------------------------ damaged or foreign files
@@ -211,10 +511,9 @@ BAD_FILES = {
                                     "Q-Former width 48"),
     "vocabulary without DEADiff's words": (lambda f, t: odd_dims(t, "vocab.safetensors", vocab_size=1000),
                                            "1000 rows"),
-    "legacy pickle that runs code": (legacy_pickle_with_code, "asks for the Python object"),
-    "bare pickle that runs code": (bare_pickle_with_code, "asks for the Python object"),
-    "zip checkpoint that is only code": (zip_whose_root_is_code, "not a state_dict of tensors"),
 }
+# The hostile files are bad files too: their error names the global first refused.
+BAD_FILES.update({case: (h.make, f"is unsafe: its pickle names {h.names}") for case, h in HOSTILE_FILES.items()})
 
 # Files that load, but whose encoders hold NaN/Inf: the encoder node names the file and the weight.
 BAD_AT_ENCODE = {
@@ -226,7 +525,10 @@ BAD_AT_ENCODE = {
 
 # Odd but valid files: they load and give the same tokens as the plain file (`files["sd"]`).
 GOOD_ODD_FILES = {
-    "ckpt with code in its extras": evil_extras_ckpt,
+    "Lightning checkpoint written by pytorch_lightning": lambda f, t: lightning_files.write_lightning_ckpt(
+        Path(t) / "lightning.ckpt", f["sd"]),
+    "Lightning 1.x records (ModelCheckpoint class key, AttributeDict)": lambda f, t: lightning_files.as_lightning_1x(
+        lightning_files.write_lightning_ckpt(Path(t) / "lightning_1x.ckpt", f["sd"])),
     "float64 weights": lambda f, t: deadiff_fakes.write_official_safetensors(
         Path(t) / "float64.safetensors", {k: v.double() if v.is_floating_point() else v for k, v in f["sd"].items()}),
 }

@@ -158,20 +158,6 @@ def frozen_sd_placeholders() -> dict:
             if not key.startswith(("style_", "content_", "ctx_")) and ".i_to_" not in key}
 
 
-class AttributeDict(dict):
-    """Stands for Lightning's hyper-parameter container: a class torch's weights-only loader refuses."""
-
-    def __getattr__(self, name):
-        return self[name]
-
-
-class TrainingConfig:
-    """Stands for the config objects (OmegaConf, argparse) Lightning pickles into hyper_parameters."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
 def as_module_state_dict(state_dict: dict) -> OrderedDict:
     """What `module.state_dict()` returns, as Lightning saves it: an OrderedDict with `_metadata`."""
     ordered = OrderedDict(state_dict)
@@ -181,13 +167,14 @@ def as_module_state_dict(state_dict: dict) -> OrderedDict:
 
 def write_official_ckpt(path, state_dict: dict, extras: bool = True) -> Path:
     """A Lightning .ckpt: {"state_dict": OrderedDict with _metadata, "epoch", "global_step",
-    "hyper_parameters" (non-tensor classes), "optimizer_states" (tensors we must not read), ...}."""
+    "hyper_parameters" (a dict, as pytorch_lightning 2.x writes it), "optimizer_states" (tensors we must not
+    read), ...}. tests/test_lightning_checkpoint.py writes one with pytorch_lightning itself."""
     path = Path(path)
     checkpoint = {"state_dict": as_module_state_dict(state_dict)}
     if extras:
         checkpoint.update({
             "epoch": 3, "global_step": 12000, "pytorch-lightning_version": "1.9.0",
-            "hyper_parameters": AttributeDict(learning_rate=1e-5, config=TrainingConfig(target="deadiff.DEADiff")),
+            "hyper_parameters": {"learning_rate": 1e-5, "config": {"target": "deadiff.DEADiff"}},
             "hparams_name": "kwargs",
             "optimizer_states": [{"state": {0: {"step": torch.tensor(12000.0), "exp_avg": torch.zeros(8)}},
                                   "param_groups": [{"lr": 1e-5, "params": [0]}]}],

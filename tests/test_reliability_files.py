@@ -3,7 +3,8 @@
 Each bad file is picked in Load DEADiff Model like a user would: the prompt fails with one clear error
 naming the file and what is wrong, no pickle payload ever runs in the server (the marker file they
 would create never appears), and the very next prompt, with a good file, gives a result bit-identical
-to the one the server gave before any bad file. The rows of docs/reliability.md name these tests.
+to the one the server gave before any bad file. The hostile files (pickle payloads) are refused as
+unsafe (DEADiffUnsafeFileError), naming what their pickle asks for. The rows of docs/reliability.md name these tests.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import bad_files
-from bad_files import BAD_AT_ENCODE, BAD_FILES, GOOD_ODD_FILES
+from bad_files import BAD_AT_ENCODE, BAD_FILES, GOOD_ODD_FILES, HOSTILE_FILES
 from conftest import GraphError, execution_error
 from graphs import Graph
 
@@ -84,7 +85,8 @@ def failing_run(state, case: str) -> dict:
     assert entry["status"]["status_str"] == "error", f"{case}: the prompt did not fail"
     error = execution_error(entry)
     assert error is not None, f"{case}: no execution_error in {entry['status']}"
-    assert error["exception_type"].endswith("DEADiffCheckpointError"), error["exception_type"]
+    expected = "DEADiffUnsafeFileError" if case in HOSTILE_FILES else "DEADiffCheckpointError"
+    assert error["exception_type"].endswith(expected), error["exception_type"]
     assert path.name in error["exception_message"]
     return error
 
@@ -102,6 +104,8 @@ def test_bad_file_gets_one_clear_error_then_the_server_serves_normally(corpus, c
         error = failing_run(corpus, case)
         assert error["node_type"] == "DEADiffModelLoader"
         assert words in error["exception_message"], error["exception_message"]
+        if case in HOSTILE_FILES:
+            assert "Delete it and download deadiff_v1.ckpt again" in error["exception_message"]
     assert not corpus["source"]["marker"].exists(), "a pickle payload ran inside the server"
     assert_serves_normally(corpus)
 
@@ -117,7 +121,8 @@ def test_nan_or_inf_encoder_weights_are_named_by_the_encoder(corpus, case):
 
 @pytest.mark.parametrize("case", sorted(GOOD_ODD_FILES))
 def test_odd_but_valid_files_give_the_same_result_as_the_plain_file(corpus, case):
-    """Code in a .ckpt's Lightning extras stays an inert placeholder; float64 weights are read exactly."""
+    """Checkpoints written by pytorch_lightning (the server itself has no Lightning: nothing of it is
+    imported or built) and float64 weights give the plain file's result."""
     server, path = corpus["server"], corpus["paths"][case]
     name = f"odd_{path.stem}.safetensors"
     server.run(prompt(f"{SUBFOLDER}/{path.name}", name))
