@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint import first_non_finite, read_deadiff_tensors
 from .config import DEADiffConfig
 from .errors import DEADiffCheckpointError
+from .operations import use_operations
 from .preprocess import preprocess
 from .projection import ProjLayer, SiteProjections
 from .qformer import TEXT_IDS, QFormer
@@ -34,12 +35,19 @@ class DualEncoder(nn.Module):
         return self.vision["shared"] if "shared" in self.vision else self.vision[branch]
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, branch: str) -> torch.Tensor:
-        """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`."""
+    def encode(self, images: torch.Tensor, branch: str, device: torch.device | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`.
+
+        Computed on `device` in `dtype` (default: where the weights are, in their dtype). A host that
+        keeps the weights elsewhere and brings them in layer by layer passes where to compute.
+        """
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
         param = next(self.parameters())
-        pixels = preprocess(images.to(param.device), self.config.image_size).to(param.dtype)
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        pixels = preprocess(images.to(device), self.config.image_size).to(dtype)
         image_tokens = self.tower(branch)(pixels)
         tokens = self.projs[branch](self.qformers[branch](image_tokens))
         if not torch.isfinite(tokens).all():
@@ -48,7 +56,7 @@ class DualEncoder(nn.Module):
                 raise DEADiffCheckpointError(
                     self.source, f"weight {bad} (of the {branch} encoder) contains NaN or Inf values; the file is "
                                  "corrupt: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)")
-            raise FloatingPointError(f"the {branch} tokens overflowed in {param.dtype}; try running the encoder "
+            raise FloatingPointError(f"the {branch} tokens overflowed in {dtype}; try running the encoder "
                                      "in float32 (ComfyUI's --fp32-text-enc)")
         return tokens
 
@@ -88,10 +96,11 @@ def _materialize_buffers(model: nn.Module) -> None:
 
 
 def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32,
-                source: str = "DEADiff model") -> DEADiffModel:
+                source: str = "DEADiff model", operations=None) -> DEADiffModel:
+    """The model with `tensors` assigned into it; its layers are `operations`' (see operations.py)."""
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     with torch.device("meta"):
-        model = DEADiffModel(config, source)
+        model = use_operations(DEADiffModel(config, source), operations)
     model.encoder.load_official(tensors)
     model.injection.load_official(tensors)
     _materialize_buffers(model)
@@ -101,11 +110,12 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
     return model.eval().requires_grad_(False)
 
 
-def load_deadiff(path, dtype: torch.dtype = torch.float32) -> DEADiffModel:
-    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU."""
+def load_deadiff(path, dtype: torch.dtype = torch.float32, operations=None) -> DEADiffModel:
+    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU,
+    in layers of `operations` (None: torch.nn)."""
     tensors, config, metadata = read_deadiff_tensors(str(path), dtype)
     try:
-        model = build_model(tensors, config, dtype, source=str(path))
+        model = build_model(tensors, config, dtype, source=str(path), operations=operations)
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
     model.fingerprint = metadata["weights_fingerprint"]
