@@ -75,5 +75,11 @@ class ManagedDEADiff:
         model = load_deadiff(path, dtype=compute_dtype(mm.text_encoder_device()), operations=OPERATIONS)
         return cls(model, os.path.basename(path))
 
+    def get_models(self) -> list:
+        """Both patchers. ComfyUI 0.33 asks each node output for get_models() (as it does a ControlNet's)
+        to mark the models the running prompt uses; with DynamicVRAM it frees other models' pinned host
+        memory before theirs."""
+        return [self.encoder_patcher, self.injection_patcher]
+
     def __repr__(self) -> str:
         return f"ManagedDEADiff({self.name})"
