@@ -343,6 +343,7 @@ def measure(server: Server, plan: Plan, deadline: float) -> dict:
         if times[(variant, long)]:
             per_step = [(b - a) / (long - short) for a, b in zip(times[(variant, short)], times[(variant, long)])]
             results["steps"][variant] = (statistics.median(per_step), per_step)
+            results.setdefault("runs", {})[variant] = (times[(variant, short)], times[(variant, long)])
     results["memory"].append(probes(server.run(probe_graph(plan, "at the end")))[0])
     return results
 
@@ -377,7 +378,9 @@ def report(results: dict, plan: Plan, server: Server) -> None:
         f"({plan.steps[1]}-step run - {plan.steps[0]}-step run) / {plan.steps[1] - plan.steps[0]}, median of rounds")
     steps = results["steps"]
     for variant, (per_step, raw) in steps.items():
-        log(f"{variant}: {1000 * per_step:.2f} ms/step ({', '.join(f'{1000 * x:.2f}' for x in raw)})")
+        short_runs, long_runs = results["runs"][variant]
+        log(f"{variant}: {1000 * per_step:.2f} ms/step (rounds: {', '.join(f'{1000 * x:.2f}' for x in raw)}; "
+            f"whole prompts, s: {plan.steps[0]} steps {short_runs}, {plan.steps[1]} steps {long_runs})")
     if all(v in steps for v in VARIANTS):
         base, floor, ours = (steps[v][0] for v in VARIANTS)
         log(f"DEADiff vs unpatched: {100 * (ours / base - 1):+.1f}%; floor vs unpatched: {100 * (floor / base - 1):+.1f}%; "
