@@ -19,7 +19,7 @@ diffusion-model file and loaded by ComfyUI's own "Load Diffusion Model" node, so
 ComfyUI gives real models) and a full-size DEADiff file (tests/deadiff_fakes.py). Speed and memory do
 not depend on the values. The prompt encoder is the test pack's tiny CLIP at width 768.
 
-    python bench/gpu_check.py                  # CUDA machine, ComfyUI 0.33 (about 3-4 minutes on one GPU)
+    python bench/gpu_check.py                  # CUDA machine, ComfyUI 0.33 (estimated 3-4 minutes; not yet timed)
     python bench/gpu_check.py --dry-run        # CPU: the same flow with tiny models and --cpu (measures nothing)
     python bench/gpu_check.py --print-graphs   # only build and print the prompts (no ComfyUI needed)
 
