@@ -126,14 +126,14 @@ class Pack:
         """Style tokens from the encoder node; random tokens if random full-size weights overflow in fp16
         (sampling only needs tokens of the right shape)."""
         try:
-            return self.nodes["DEADiffStyleEncoder"]().encode(deadiff, image)[0]
+            return self.nodes["DEADiffStyleEncoder"].execute(deadiff, image)[0]
         except FloatingPointError as e:
             log(f"(encoder: {e}; random style tokens used for sampling)")
             tokens = torch.randn(image.shape[0], deadiff.config.num_query_tokens, deadiff.config.context_dim)
             return self.embedding.DEADiffTokens("style", tokens, deadiff.fingerprint, source_name=deadiff.name)
 
     def apply(self, model, deadiff, start_at=0.0, end_at=1.0, **optional):
-        return self.nodes["DEADiffApply"]().apply(model, deadiff, 1.0, 1.0, start_at, end_at, **optional)[0]
+        return self.nodes["DEADiffApply"].execute(model, deadiff, 1.0, 1.0, start_at, end_at, **optional)[0]
 
 
 # ------------------------------------------------------------------------------- the floor patch
@@ -815,37 +815,38 @@ def encoder_gpu(pack, deadiff, images, cuda: Cuda, reps=(16, 4)) -> None:
     weights = cuda.allocated() - before
     encoder = deadiff.model.encoder
     on_device = images.to(deadiff.encoder_patcher.load_device)
-    encoder.encode(on_device[:1], "style")  # warm-up, both batch sizes
-    encoder.encode(on_device, "style")
+    where = dict(device=deadiff.encoder_patcher.load_device, dtype=deadiff.encoder_dtype)
+    encoder.encode(on_device[:1], "style", **where)  # warm-up, both batch sizes
+    encoder.encode(on_device, "style", **where)
     cuda.reset_peak()
     per_image = {}
     for batch, n in ((1, reps[0]), (8, reps[1])):
         cuda.sync()
         t = time.perf_counter()
         for i in range(n):
-            encoder.encode(on_device[i % 8: i % 8 + 1] if batch == 1 else on_device, "style")
+            encoder.encode(on_device[i % 8: i % 8 + 1] if batch == 1 else on_device, "style", **where)
         cuda.sync()
         per_image[batch] = (time.perf_counter() - t) / n / batch
     peak = cuda.peak() - before
-    deadiff.offload_encoder()
+    mm.free_memory(1e30, deadiff.encoder_patcher.load_device)  # what ComfyUI does when it needs the memory
     cuda.sync()
     log(f"encoder weights on the device: {weights / 1e9:.3f} GB (target <= 1.5 GB); peak while encoding 8: "
         f"{peak / 1e9:.3f} GB; left after offload: {(cuda.allocated() - before) / 1e6:.0f} MB")
     log(f"encoder, model only: batch 1 {1000 * per_image[1]:.2f} ms/image, batch 8 {1000 * per_image[8]:.2f} "
         f"ms/image: batch 8 is {per_image[1] / per_image[8]:.1f}x faster per image (target >= 4x)")
-    style = pack.nodes["DEADiffStyleEncoder"]()
-    style.encode(deadiff, images[:1])
+    style = pack.nodes["DEADiffStyleEncoder"]
+    style.execute(deadiff, images[:1])
     cuda.sync()
     t = time.perf_counter()
     for i in range(8):
-        style.encode(deadiff, images[i:i + 1])
+        style.execute(deadiff, images[i:i + 1])
     cuda.sync()
     one_by_one = (time.perf_counter() - t) / 8
     t = time.perf_counter()
-    style.encode(deadiff, images)
+    style.execute(deadiff, images)
     cuda.sync()
     batched = (time.perf_counter() - t) / 8
-    log(f"encoder node (loads, encodes, offloads at each call): one by one {1000 * one_by_one:.1f} ms/image, "
+    log(f"encoder node (loads the encoders if ComfyUI freed them, encodes): one by one {1000 * one_by_one:.1f} ms/image, "
         f"a batch of 8 {1000 * batched:.1f} ms/image: {one_by_one / batched:.1f}x")
 
 

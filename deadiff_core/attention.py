@@ -27,16 +27,17 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return rearrange(out, "b h n d -> b n (h d)")
 
 
-def image_keys_values(tokens: torch.Tensor, i_to_k: torch.Tensor, i_to_v: torch.Tensor,
+def image_keys_values(tokens: torch.Tensor, i_to_k: Callable[[torch.Tensor], torch.Tensor],
+                      i_to_v: Callable[[torch.Tensor], torch.Tensor],
                       weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of the image tokens at one site: w * i_to_k(E), w * i_to_v(E).
 
-    Computed once per (tokens, weight, device, dtype) and reused at every sampling step. The
-    projections are bias-free, so scaling by w equals scaling the tokens.
+    `i_to_k` / `i_to_v` are the site's projection layers (bias-free Linear), called on the tokens so
+    that a host's layers bring their weights to the tokens' device and dtype. Computed once per
+    (tokens, weight, device, dtype) and reused at every sampling step. The projections are bias-free,
+    so scaling by w equals scaling the tokens.
     """
-    i_to_k = i_to_k.to(device=tokens.device, dtype=tokens.dtype)
-    i_to_v = i_to_v.to(device=tokens.device, dtype=tokens.dtype)
-    return F.linear(tokens, i_to_k) * weight, F.linear(tokens, i_to_v) * weight
+    return i_to_k(tokens) * weight, i_to_v(tokens) * weight
 
 
 def image_key_bias(query_mask: torch.Tensor, text_tokens: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from .checkpoint import COMPACT_FORMAT, first_non_finite, read_deadiff_tensors
 from .config import DEADiffConfig
 from .errors import DEADiffCheckpointError
 from .load_report import COMPACT_BYTES_PER_VALUE, LoadReport
+from .operations import use_operations
 from .preprocess import DEFAULT_PAD_COLOR, SQUASH, normalize
 from .projection import ProjLayer, SiteProjections
 from .qformer import TEXT_IDS, QFormer
@@ -39,10 +40,10 @@ class DualEncoder(nn.Module):
         return self.vision["shared"] if "shared" in self.vision else self.vision[branch]
 
     def prepare(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-                reference_mask: torch.Tensor | None = None) -> Reference:
+                reference_mask: torch.Tensor | None = None, device: torch.device | None = None) -> Reference:
         """The Reference these encoders read: pixels by resize_mode, token weights from the mask."""
-        param = next(self.parameters())
-        return prepare_reference(images.to(param.device), self.config.image_size, self.config.patch_size,
+        device = next(self.parameters()).device if device is None else device
+        return prepare_reference(images.to(device), self.config.image_size, self.config.patch_size,
                                  resize_mode, pad_color, reference_mask)
 
     @torch.no_grad()
@@ -54,28 +55,33 @@ class DualEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, branch: str, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-               reference_mask: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+               reference_mask: torch.Tensor | None = None, progress=None, device: torch.device | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
         """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`.
 
         resize_mode: squash (official), center crop or pad (with pad_color); reference_mask: (H, W) or
         (1 or B, H, W) in 0..1, which part of each image the Q-Former reads (deadiff_core.reference).
         progress(done, total) is called after each image; with it the images are encoded one at a time
         (each exactly as if it were encoded alone), without it all at once (as before; a batch's float
-        rounding can differ from one-at-a-time by about 1e-6 relative)."""
+        rounding can differ from one-at-a-time by about 1e-6 relative).
+        Computed on `device` in `dtype` (default: where the weights are, in their dtype). A host that
+        keeps the weights elsewhere and brings them in layer by layer passes where to compute."""
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-        reference = self.prepare(images, resize_mode, pad_color, reference_mask)
+        param = next(self.parameters())
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        reference = self.prepare(images, resize_mode, pad_color, reference_mask, device=device)
         if progress is None:
-            return self._encode(reference, branch)
+            return self._encode(reference, branch, dtype)
         parts = []
         for i in range(len(reference)):
-            parts.append(self._encode(reference[i:i + 1], branch))
+            parts.append(self._encode(reference[i:i + 1], branch, dtype))
             progress(i + 1, len(reference))
         return torch.cat(parts)
 
-    def _encode(self, reference: Reference, branch: str) -> torch.Tensor:
-        param = next(self.parameters())
-        pixels = normalize(reference.pixels).to(param.dtype)
+    def _encode(self, reference: Reference, branch: str, dtype: torch.dtype) -> torch.Tensor:
+        pixels = normalize(reference.pixels).to(dtype)
         image_tokens = self.tower(branch)(pixels)
         tokens = self.projs[branch](self.qformers[branch](image_tokens, reference.token_weights))
         if not torch.isfinite(tokens).all():
@@ -84,7 +90,7 @@ class DualEncoder(nn.Module):
                 raise DEADiffCheckpointError(
                     self.source, f"weight {bad} (of the {branch} encoder) contains NaN or Inf values; the file is "
                                  "corrupt: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)")
-            raise FloatingPointError(f"the {branch} tokens overflowed in {param.dtype}; try running the encoder "
+            raise FloatingPointError(f"the {branch} tokens overflowed in {dtype}; try running the encoder "
                                      "in float32 (ComfyUI's --fp32-text-enc)")
         return tokens
 
@@ -125,10 +131,11 @@ def _materialize_buffers(model: nn.Module) -> None:
 
 
 def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32,
-                source: str = "DEADiff model") -> DEADiffModel:
+                source: str = "DEADiff model", operations=None) -> DEADiffModel:
+    """The model with `tensors` assigned into it; its layers are `operations`' (see operations.py)."""
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     with torch.device("meta"):
-        model = DEADiffModel(config, source)
+        model = use_operations(DEADiffModel(config, source), operations)
     model.encoder.load_official(tensors)
     model.injection.load_official(tensors)
     _materialize_buffers(model)
@@ -138,8 +145,9 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
     return model.eval().requires_grad_(False)
 
 
-def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None) -> DEADiffModel:
-    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU.
+def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None, operations=None) -> DEADiffModel:
+    """Load the official .ckpt, its .safetensors, or our compact file; everything in `dtype`, on the CPU,
+    in layers of `operations` (None: torch.nn).
 
     progress(done, total) is called after each tensor record read (done rises to total). The model's
     `load_report` (a LoadReport) says how long it took and, for a file that is not compact, how much
@@ -156,7 +164,7 @@ def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None) -> DEA
     tensors, config, metadata = read_deadiff_tensors(str(path), dtype, on_read=on_read)
     compact_bytes = COMPACT_BYTES_PER_VALUE * sum(t.numel() for t in tensors.values())
     try:
-        model = build_model(tensors, config, dtype, source=str(path))
+        model = build_model(tensors, config, dtype, source=str(path), operations=operations)
     except RuntimeError as e:
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
     model.fingerprint = metadata["weights_fingerprint"]

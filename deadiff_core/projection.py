@@ -41,9 +41,16 @@ class SiteProjections(nn.Module):
         super().__init__()
         self.sites = nn.ModuleDict({s.name: SiteProjection(c.context_dim, c.site_widths[s.name]) for s in SITES})
 
-    def projections(self, site_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def layers(self, site_name: str) -> tuple[nn.Linear, nn.Linear]:
+        """The i_to_k and i_to_v layers of one site. Project tokens by calling them: a host's layers
+        (see operations.py) may keep their weights elsewhere and bring them in only for the call."""
         site = self.sites[site_name]
-        return site.i_to_k.weight, site.i_to_v.weight
+        return site.i_to_k, site.i_to_v
+
+    def projections(self, site_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight matrices of one site, for inspection (compute through `layers`)."""
+        i_to_k, i_to_v = self.layers(site_name)
+        return i_to_k.weight, i_to_v.weight
 
     def load_official(self, tensors: dict, assign: bool = True) -> None:
         self.sites.load_state_dict({f"{s.name}.{p}.weight": tensors[s.checkpoint_prefix + f"{p}.weight"]

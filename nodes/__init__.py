@@ -1,4 +1,5 @@
-"""The DEADiff nodes. Their ids and input names are a public contract (shared workflows)."""
+"""The DEADiff nodes on ComfyUI's V3 schema. Their ids, inputs and socket types are a public contract
+(shared workflows); ComfyUI finds them through `comfy_entrypoint` in the pack's __init__.py."""
 from .model_folder import register_model_folder
 
 register_model_folder()
@@ -9,28 +10,26 @@ from .loader import DEADiffModelLoader  # noqa: E402
 from .mixing import DEADiffMixContents, DEADiffMixStyles  # noqa: E402
 from .routing import DEADiffRouting  # noqa: E402
 from .saved_tokens import DEADiffLoadContent, DEADiffLoadStyle, DEADiffSaveTokens  # noqa: E402
+from .sockets import ComfyExtension, io  # noqa: E402
 
-NODE_CLASS_MAPPINGS = {
-    "DEADiffModelLoader": DEADiffModelLoader,
-    "DEADiffStyleEncoder": DEADiffStyleEncoder,
-    "DEADiffContentEncoder": DEADiffContentEncoder,
-    "DEADiffApply": DEADiffApply,
-    "DEADiffMixStyles": DEADiffMixStyles,
-    "DEADiffMixContents": DEADiffMixContents,
-    "DEADiffSaveTokens": DEADiffSaveTokens,
-    "DEADiffLoadStyle": DEADiffLoadStyle,
-    "DEADiffLoadContent": DEADiffLoadContent,
-    "DEADiffRouting": DEADiffRouting,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DEADiffModelLoader": "Load DEADiff Model",
-    "DEADiffStyleEncoder": "DEADiff Style Encoder",
-    "DEADiffContentEncoder": "DEADiff Content Encoder",
-    "DEADiffApply": "Apply Disentangled Conditioning",
-    "DEADiffMixStyles": "DEADiff Mix Styles",
-    "DEADiffMixContents": "DEADiff Mix Contents",
-    "DEADiffSaveTokens": "DEADiff Save Tokens",
-    "DEADiffLoadStyle": "DEADiff Load Style",
-    "DEADiffLoadContent": "DEADiff Load Content",
-    "DEADiffRouting": "DEADiff Layer Routing",
-}
+NODES = [
+    DEADiffModelLoader,
+    DEADiffStyleEncoder,
+    DEADiffContentEncoder,
+    DEADiffApply,
+    DEADiffMixStyles,
+    DEADiffMixContents,
+    DEADiffSaveTokens,
+    DEADiffLoadStyle,
+    DEADiffLoadContent,
+    DEADiffRouting,
+]
+
+
+class DEADiffExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> DEADiffExtension:
+    return DEADiffExtension()

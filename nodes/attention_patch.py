@@ -70,9 +70,9 @@ class Injection:
         if key not in self._kv:
             route = self.routing.route(site)
             tokens = (self.negative if unconditional else self.tokens).get(route.branch)
-            i_to_k, i_to_v = self.deadiff.model.injection.projections(site.name)
+            i_to_k, i_to_v = self.deadiff.model.injection.layers(site.name)
             if tokens is None:  # zero tokens, and bias-free projections of zeros are zeros
-                shape = (1, self.token_count(site), i_to_k.shape[0])
+                shape = (1, self.token_count(site), i_to_k.out_features)
                 k = v = torch.zeros(shape, device=device, dtype=dtype)
             else:
                 k, v = image_keys_values(tokens.to(device=device, dtype=dtype), i_to_k, i_to_v,

@@ -7,58 +7,76 @@ import comfy.model_management as mm
 
 from ..deadiff_core.embedding import BATCH_CONCATENATE, BATCH_MODES, DEADiffTokens, image_sha256
 from ..deadiff_core.routing import CONTENT, STYLE
-from .loader import CATEGORY
+from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_STYLE, check_choice, io, schema
 
 
 def encode(deadiff, image: torch.Tensor, branch: str, batch_mode: str = BATCH_CONCATENATE) -> DEADiffTokens:
-    """Run one Q-Former branch on the device ComfyUI picks, then hand the VRAM back."""
+    """Run one Q-Former branch where ComfyUI loads the encoders. They stay in ComfyUI's list of loaded
+    models afterwards, like its own CLIP vision and text encoders, and ComfyUI frees them when a later
+    model needs the memory (with DynamicVRAM, weight by weight)."""
     mm.load_models_gpu([deadiff.encoder_patcher])
-    try:
-        tokens = deadiff.model.encoder.encode(image.to(deadiff.encoder_patcher.load_device), branch)
-    finally:
-        deadiff.offload_encoder()
+    tokens = deadiff.model.encoder.encode(image, branch, device=deadiff.encoder_patcher.load_device,
+                                          dtype=deadiff.encoder_dtype)
     tokens = DEADiffTokens(branch, tokens.to(mm.intermediate_device(), torch.float32), deadiff.fingerprint,
                            references=image_sha256(image), source_name=deadiff.name)
     return tokens.batched(batch_mode)
 
 
-class _Encoder:
+class _Encoder(io.ComfyNode):
+    """Both encoders; a subclass names its branch, socket type and texts."""
+    NODE_ID: str
+    DISPLAY_NAME: str
+    SUMMARY: str
     BRANCH: str
-    CATEGORY = CATEGORY
-    FUNCTION = "encode"
+    SOCKET: type
+    OUTPUT_TOOLTIP: str
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "deadiff": ("DEADIFF", {"tooltip": "From Load DEADiff Model."}),
-            "image": ("IMAGE", {"tooltip": "The reference image(s). Any size: each is squashed to 224x224 "
-                                           "without cropping, as in the official code. A batch gives one "
-                                           "set of 16 tokens per image; batch_mode says how they act."}),
-        }, "optional": {
-            "batch_mode": (list(BATCH_MODES), {
-                "default": BATCH_CONCATENATE,
-                "tooltip": "For a batch of reference images: concatenate = every image's tokens act together "
-                           "(16 per image); average = one set of 16, the mean; one per latent = reference i "
-                           "conditions latent i (as many references as latents). One image: all the same."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=cls.SUMMARY,
+            search_aliases=[f"{cls.BRANCH} reference", f"{cls.BRANCH} image", "reference image", "Q-Former"],
+            inputs=[
+                DEADIFF.Input("deadiff", tooltip="From Load DEADiff Model."),
+                io.Image.Input("image", tooltip=(
+                    "The reference image(s). Any size: each is squashed to 224x224 without cropping, as in the "
+                    "official code. A batch gives one set of 16 tokens per image; batch_mode says how they act.")),
+                io.Combo.Input("batch_mode", options=list(BATCH_MODES), default=BATCH_CONCATENATE, optional=True,
+                               tooltip=(
+                    "For a batch of reference images: concatenate = every image's tokens act together "
+                    "(16 per image); average = one set of 16, the mean; one per latent = reference i "
+                    "conditions latent i (as many references as latents). One image: all the same.")),
+            ],
+            outputs=[cls.SOCKET.Output(display_name=cls.BRANCH, tooltip=cls.OUTPUT_TOOLTIP)],
+        )
 
-    def encode(self, deadiff, image, batch_mode=BATCH_CONCATENATE):
-        return (encode(deadiff, image, self.BRANCH, batch_mode),)
+    @classmethod
+    def validate_inputs(cls, batch_mode=None) -> bool | str:
+        return check_choice("batch_mode", batch_mode, list(BATCH_MODES))
+
+    @classmethod
+    def execute(cls, deadiff, image, batch_mode=BATCH_CONCATENATE) -> io.NodeOutput:
+        return io.NodeOutput(encode(deadiff, image, cls.BRANCH, batch_mode))
 
 
 class DEADiffStyleEncoder(_Encoder):
-    DESCRIPTION = ("Extracts the style of a reference image (colour, texture, brushwork) as 16 tokens "
-                   "through DEADiff's style Q-Former. Apply sends them to the fine cross-attention layers.")
+    NODE_ID = "DEADiffStyleEncoder"
+    DISPLAY_NAME = "DEADiff Style Encoder"
+    SUMMARY = ("Extracts the style of a reference image (colour, texture, brushwork) as 16 tokens "
+               "through DEADiff's style Q-Former. Apply sends them to the fine cross-attention layers.")
     BRANCH = STYLE
-    RETURN_TYPES = ("DEADIFF_STYLE",)
-    RETURN_NAMES = ("style",)
-    OUTPUT_TOOLTIPS = ("Style tokens, one set per reference image.",)
+    SOCKET = DEADIFF_STYLE
+    OUTPUT_TOOLTIP = "Style tokens, one set per reference image."
 
 
 class DEADiffContentEncoder(_Encoder):
-    DESCRIPTION = ("Extracts the semantics of a reference image (what is in it) as 16 tokens through "
-                   "DEADiff's content Q-Former. Apply sends them to the coarse cross-attention layers.")
+    NODE_ID = "DEADiffContentEncoder"
+    DISPLAY_NAME = "DEADiff Content Encoder"
+    SUMMARY = ("Extracts the semantics of a reference image (what is in it) as 16 tokens through "
+               "DEADiff's content Q-Former. Apply sends them to the coarse cross-attention layers.")
     BRANCH = CONTENT
-    RETURN_TYPES = ("DEADIFF_CONTENT",)
-    RETURN_NAMES = ("content",)
-    OUTPUT_TOOLTIPS = ("Content tokens, one set per reference image.",)
+    SOCKET = DEADIFF_CONTENT
+    OUTPUT_TOOLTIP = "Content tokens, one set per reference image."

@@ -12,7 +12,7 @@ import folder_paths
 
 from ..deadiff_core.embedding import load_tokens, save_tokens
 from ..deadiff_core.routing import CONTENT, STYLE
-from .loader import CATEGORY
+from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_STYLE, io, schema
 
 SUBFOLDER = "deadiff"
 EXTENSION = ".safetensors"
@@ -47,49 +47,64 @@ def resolve(name: str) -> str:
     return path
 
 
-class DEADiffSaveTokens:
-    DESCRIPTION = ("Saves style or content tokens as a small .safetensors in ComfyUI's output folder, with "
-                   "which DEADiff file made them and a hash of each reference image, so the style can be "
-                   "shared and re-used without the reference (DEADiff Load Style / Load Content).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
+class DEADiffSaveTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="DEADiffSaveTokens",
+            display_name="DEADiff Save Tokens",
+            category=CATEGORY,
+            description=("Saves style or content tokens as a small .safetensors in ComfyUI's output folder, with "
+                         "which DEADiff file made them and a hash of each reference image, so the style can be "
+                         "shared and re-used without the reference (DEADiff Load Style / Load Content)."),
+            search_aliases=["save style", "save DEADiff style", "export style"],
+            is_output_node=True,
+            inputs=[
+                io.MultiType.Input("tokens", types=[DEADIFF_STYLE, DEADIFF_CONTENT], tooltip=(
+                    "Style or content tokens: from an encoder, a mix or a loaded file.")),
+                io.String.Input("filename_prefix", default=f"{SUBFOLDER}/style", tooltip=(
+                    "Path in the output folder; a counter and .safetensors are appended. Keep it under "
+                    f"'{SUBFOLDER}/' so the Load nodes list the file.")),
+            ],
+            outputs=[],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "tokens": ("DEADIFF_STYLE,DEADIFF_CONTENT", {
-                "tooltip": "Style or content tokens: from an encoder, a mix or a loaded file."}),
-            "filename_prefix": ("STRING", {
-                "default": f"{SUBFOLDER}/style",
-                "tooltip": "Path in the output folder; a counter and .safetensors are appended. Keep it under "
-                           f"'{SUBFOLDER}/' so the Load nodes list the file."}),
-        }}
-
-    def save(self, tokens, filename_prefix):
+    def execute(cls, tokens, filename_prefix) -> io.NodeOutput:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
         name = f"{filename}_{counter:05}_{EXTENSION}"
         save_tokens(os.path.join(folder, name), tokens)
-        return {"ui": {"deadiff_tokens": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+        return io.NodeOutput(ui={"deadiff_tokens": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
 
 
-class _Load:
+class _Load(io.ComfyNode):
+    """Both load nodes; a subclass names its branch, socket type and texts."""
+    NODE_ID: str
+    DISPLAY_NAME: str
+    SUMMARY: str
     BRANCH: str
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
+    SOCKET: type
+    OUTPUT_TOOLTIP: str
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "deadiff": ("DEADIFF", {"tooltip": "The DEADiff model the tokens are for (the one that made them)."}),
-            "tokens_file": (saved_token_files(), {
-                "tooltip": f"A saved {cls.BRANCH} in input/{SUBFOLDER}/ or output/{SUBFOLDER}/ ([output])."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=cls.SUMMARY,
+            search_aliases=[f"load saved {cls.BRANCH}", f"saved {cls.BRANCH}", f"import {cls.BRANCH}"],
+            inputs=[
+                DEADIFF.Input("deadiff", tooltip="The DEADiff model the tokens are for (the one that made them)."),
+                io.Combo.Input("tokens_file", options=saved_token_files(), tooltip=(
+                    f"A saved {cls.BRANCH} in input/{SUBFOLDER}/ or output/{SUBFOLDER}/ ([output]).")),
+            ],
+            outputs=[cls.SOCKET.Output(display_name=cls.BRANCH, tooltip=cls.OUTPUT_TOOLTIP)],
+        )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, tokens_file=None):
+    def validate_inputs(cls, tokens_file=None) -> bool | str:
         if tokens_file is None:
             return True
         try:
@@ -99,37 +114,41 @@ class _Load:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, deadiff, tokens_file):
+    def fingerprint_inputs(cls, deadiff=None, tokens_file=None):
+        """The file's path, time and size: a file saved again under the same name is read again."""
         path = resolve(tokens_file)
         stat = os.stat(path)
         return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
 
-    def load(self, deadiff, tokens_file):
+    @classmethod
+    def execute(cls, deadiff, tokens_file) -> io.NodeOutput:
         path = resolve(tokens_file)
         tokens, _ = load_tokens(path)
-        if tokens.branch != self.BRANCH:
+        if tokens.branch != cls.BRANCH:
             other = "Load Style" if tokens.branch == STYLE else "Load Content"
-            raise ValueError(f"{tokens_file} holds {tokens.branch} tokens, not {self.BRANCH}: load it with "
+            raise ValueError(f"{tokens_file} holds {tokens.branch} tokens, not {cls.BRANCH}: load it with "
                              f"DEADiff {other}.")
         if tokens.source != deadiff.fingerprint or tokens.width != deadiff.config.context_dim:
             raise ValueError(f"{tokens_file} was made with another DEADiff file ({tokens.source_name or 'unknown'}, "
                              f"weights {tokens.source}) than {deadiff.name} (weights {deadiff.fingerprint}); "
                              f"its tokens mean nothing to this model. Load {tokens.source_name or 'that file'} "
                              "instead, or encode the reference image again.")
-        return (tokens,)
+        return io.NodeOutput(tokens)
 
 
 class DEADiffLoadStyle(_Load):
-    DESCRIPTION = "Loads a style saved by DEADiff Save Tokens: the reference image is not needed."
+    NODE_ID = "DEADiffLoadStyle"
+    DISPLAY_NAME = "DEADiff Load Style"
+    SUMMARY = "Loads a style saved by DEADiff Save Tokens: the reference image is not needed."
     BRANCH = STYLE
-    RETURN_TYPES = ("DEADIFF_STYLE",)
-    RETURN_NAMES = ("style",)
-    OUTPUT_TOOLTIPS = ("The saved style tokens, for Apply's style input.",)
+    SOCKET = DEADIFF_STYLE
+    OUTPUT_TOOLTIP = "The saved style tokens, for Apply's style input."
 
 
 class DEADiffLoadContent(_Load):
-    DESCRIPTION = "Loads content saved by DEADiff Save Tokens: the reference image is not needed."
+    NODE_ID = "DEADiffLoadContent"
+    DISPLAY_NAME = "DEADiff Load Content"
+    SUMMARY = "Loads content saved by DEADiff Save Tokens: the reference image is not needed."
     BRANCH = CONTENT
-    RETURN_TYPES = ("DEADIFF_CONTENT",)
-    RETURN_NAMES = ("content",)
-    OUTPUT_TOOLTIPS = ("The saved content tokens, for Apply's content input.",)
+    SOCKET = DEADIFF_CONTENT
+    OUTPUT_TOOLTIP = "The saved content tokens, for Apply's content input."

@@ -50,7 +50,7 @@ def setup(comfy, official_sd):
 
 def apply(comfy, model, deadiff, style_weight=1.0, content_weight=1.0, **optional):
     node = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffApply"]()
-    return node.apply(model, deadiff, style_weight, content_weight, 0.0, 1.0, **optional)[0]
+    return node.execute(model, deadiff, style_weight, content_weight, 0.0, 1.0, **optional)[0]
 
 
 def qkv(batch, queries, width, seed):
@@ -102,7 +102,7 @@ def test_masks_of_any_size_batch_and_range_are_resized_per_site(comfy, setup):
 
 def encode_batch(comfy, setup, branch, mode):
     node = comfy.nodes.NODE_CLASS_MAPPINGS[f"DEADiff{branch.capitalize()}Encoder"]()
-    return node.encode(setup["deadiff"], setup["images"], batch_mode=mode)[0]
+    return node.execute(setup["deadiff"], setup["images"], batch_mode=mode)[0]
 
 
 def test_batch_modes_average_concatenate_and_one_per_latent(comfy, setup):
@@ -152,7 +152,7 @@ def test_mix_nodes_weighted_sum_and_concatenate_through_the_executor(comfy, setu
     a, b, blended, concatenated, batch = (out[n.id][0] for n in (style_a, style_b, blend, concat, both))
     torch.testing.assert_close(blended.for_attention(), 0.75 * a.tokens + 0.25 * b.tokens)
     torch.testing.assert_close(concatenated.for_attention(), torch.cat([a.tokens, 0.5 * b.tokens], dim=1))
-    unscaled = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffMixStyles"]().mix("concatenate", style_1=a, weight_1=1.0,
+    unscaled = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffMixStyles"]().execute("concatenate", style_1=a, weight_1=1.0,
                                                                            style_2=b, weight_2=1.0)[0]
     torch.testing.assert_close(unscaled.for_attention(), batch.for_attention())
     assert blended.references == a.references + b.references
@@ -162,13 +162,13 @@ def test_mix_refuses_what_cannot_be_mixed(comfy, setup):
     mix = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffMixStyles"]()
     a, b = setup["style"]
     with pytest.raises(ValueError, match="weights add up to 0"):
-        mix.mix("weighted sum", style_1=a, weight_1=0.0, style_2=b, weight_2=0.0)
+        mix.execute("weighted sum", style_1=a, weight_1=0.0, style_2=b, weight_2=0.0)
     two = encode_batch(comfy, setup, "style", "concatenate")
     with pytest.raises(ValueError, match="same number of tokens.*concatenate"):
-        mix.mix("weighted sum", style_1=a, weight_1=1.0, style_2=two, weight_2=1.0)
+        mix.execute("weighted sum", style_1=a, weight_1=1.0, style_2=two, weight_2=1.0)
     other = comfy.module("DEADiffStyleEncoder").encode(setup["other"], setup["images"][:1], "style")
     with pytest.raises(ValueError, match="different DEADiff files.*tiny_beyond.ckpt.*tiny_beyond_other"):
-        mix.mix("weighted sum", style_1=a, weight_1=1.0, style_2=other, weight_2=1.0)
+        mix.execute("weighted sum", style_1=a, weight_1=1.0, style_2=other, weight_2=1.0)
 
 
 # ------------------------------------------------------------------ saved tokens
@@ -194,7 +194,8 @@ def test_save_and_load_tokens_through_the_executor(comfy, setup):
     assert json.loads(meta["dims"]) == {"references": 1, "tokens": 16, "width": 64}
 
     name = files[-1].name + " [output]"
-    assert name in comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffLoadStyle"].INPUT_TYPES()["required"]["tokens_file"][0]
+    tokens_file = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffLoadStyle"].INPUT_TYPES()["required"]["tokens_file"]
+    assert tokens_file[0] == "COMBO" and name in tokens_file[1]["options"]
     g = Graph()
     loader = g.node("DEADiffModelLoader", deadiff_name="tiny_beyond.ckpt")
     loaded = g.node("DEADiffLoadStyle", deadiff=loader, tokens_file=name)
@@ -207,18 +208,18 @@ def test_save_and_load_tokens_through_the_executor(comfy, setup):
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(files[-1].read_bytes())
     load = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffLoadStyle"]()
-    assert torch.equal(load.load(setup["deadiff"], "shared_style.safetensors")[0].tokens, saved.tokens)
+    assert torch.equal(load.execute(setup["deadiff"], "shared_style.safetensors")[0].tokens, saved.tokens)
 
     with pytest.raises(ValueError, match="another DEADiff file.*tiny_beyond.ckpt.*encode the reference"):
-        load.load(setup["other"], name)
+        load.execute(setup["other"], name)
     with pytest.raises(ValueError, match="holds style tokens.*Load Style"):
-        comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffLoadContent"]().load(setup["deadiff"], name)
+        comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffLoadContent"]().execute(setup["deadiff"], name)
     with pytest.raises(ValueError, match="outside"):
-        load.load(setup["deadiff"], "../../models/deadiff/tiny_beyond.ckpt")
+        load.execute(setup["deadiff"], "../../models/deadiff/tiny_beyond.ckpt")
     not_tokens = comfy.base / "input" / "deadiff" / "model.safetensors"
     deadiff_fakes.write_official_safetensors(not_tokens, deadiff_fakes.make_official_state_dict(seed=1))
     with pytest.raises(ValueError, match="not a saved DEADiff style/content.*Save Tokens"):
-        load.load(setup["deadiff"], "model.safetensors")
+        load.execute(setup["deadiff"], "model.safetensors")
 
 
 # ------------------------------------------------------------------ routing
@@ -234,7 +235,7 @@ def test_routing_node_validates_its_text_before_the_prompt_runs(comfy):
 
 def test_custom_routing_at_the_sites(comfy, setup, official_sd):
     """content=off: the content sites attend to the text alone; output_... and input_1 follow the text."""
-    routing = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffRouting"]().route("content=off\ninput_1=content*0.5")[0]
+    routing = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffRouting"]().execute("content=off\ninput_1=content*0.5")[0]
     a = setup["style"][0]
     c = setup["content"][0]
     model = apply(comfy, setup["model"], setup["deadiff"], style_weight=0.8, content_weight=1.2,
