@@ -48,10 +48,10 @@ class DualEncoder(nn.Module):
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-                reference_mask: torch.Tensor | None = None) -> torch.Tensor:
+                reference_mask: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
         """(B, S, S, 3) in 0..1: the picture the vision tower reads (before CLIP's normalization), the
         patches the Q-Former does not read dimmed (see deadiff_core.reference)."""
-        return self.prepare(images, resize_mode, pad_color, reference_mask).preview()
+        return self.prepare(images, resize_mode, pad_color, reference_mask, device=device).preview()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, branch: str, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,

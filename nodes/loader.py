@@ -1,6 +1,9 @@
 """Load DEADiff Model: the official deadiff_v1.ckpt or our compact .safetensors from models/deadiff."""
 from __future__ import annotations
 
+import logging
+
+import comfy.utils
 import folder_paths
 
 from .managed import ManagedDEADiff
@@ -40,4 +43,21 @@ class DEADiffModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, deadiff_name) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, deadiff_name)
-        return io.NodeOutput(ManagedDEADiff.from_file(path))
+        deadiff = ManagedDEADiff.from_file(path, progress=PercentProgress())
+        logging.info(deadiff.model.load_report.message())
+        return io.NodeOutput(deadiff)
+
+
+class PercentProgress:
+    """ComfyUI's progress bar on the node, moved only when the whole percentage changes: the official
+    .ckpt has about 1,400 records to read, and each update is a message to the front end."""
+
+    def __init__(self):
+        self.bar = comfy.utils.ProgressBar(100)
+        self.percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent != self.percent:
+            self.percent = percent
+            self.bar.update_absolute(percent, 100)

@@ -70,9 +70,11 @@ class ManagedDEADiff:
         self.fingerprint = model.fingerprint
 
     @classmethod
-    def from_file(cls, path: str) -> "ManagedDEADiff":
-        """Read straight into the encoders' compute dtype (no float32 detour on a GPU), in ComfyUI's layers."""
-        model = load_deadiff(path, dtype=compute_dtype(mm.text_encoder_device()), operations=OPERATIONS)
+    def from_file(cls, path: str, progress=None) -> "ManagedDEADiff":
+        """Read straight into the encoders' compute dtype (no float32 detour on a GPU), in ComfyUI's layers.
+        progress(done, total) follows the tensor records read."""
+        model = load_deadiff(path, dtype=compute_dtype(mm.text_encoder_device()), progress=progress,
+                             operations=OPERATIONS)
         return cls(model, os.path.basename(path))
 
     def get_models(self) -> list:

@@ -59,6 +59,7 @@ class DEADiffSaveTokens(io.ComfyNode):
                          "shared and re-used without the reference (DEADiff Load Style / Load Content)."),
             search_aliases=["save style", "save DEADiff style", "export style"],
             is_output_node=True,
+            hidden=[io.Hidden.unique_id],
             inputs=[
                 io.MultiType.Input("tokens", types=[DEADIFF_STYLE, DEADIFF_CONTENT], tooltip=(
                     "Style or content tokens: from an encoder, a mix or a loaded file.")),
@@ -66,7 +67,11 @@ class DEADiffSaveTokens(io.ComfyNode):
                     "Path in the output folder; a counter and .safetensors are appended. Keep it under "
                     f"'{SUBFOLDER}/' so the Load nodes list the file.")),
             ],
-            outputs=[],
+            outputs=[
+                io.String.Output(display_name="tokens_file", tooltip=(
+                    "The saved file's name as DEADiff Load Style / Load Content list it (e.g. "
+                    "'style_00001_.safetensors [output]').")),
+            ],
         )
 
     @classmethod
@@ -74,8 +79,24 @@ class DEADiffSaveTokens(io.ComfyNode):
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
         name = f"{filename}_{counter:05}_{EXTENSION}"
-        save_tokens(os.path.join(folder, name), tokens)
-        return io.NodeOutput(ui={"deadiff_tokens": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
+        path = os.path.join(folder, name)
+        save_tokens(path, tokens)
+        listed = os.path.relpath(path, _roots()[1][1]).replace(os.sep, "/") + OUTPUT_TAG
+        if listed.startswith("../"):  # saved outside output/deadiff: the Load nodes do not list it
+            listed = os.path.relpath(path, folder_paths.get_output_directory()).replace(os.sep, "/")
+        show_on_node(cls.hidden.unique_id, f"saved {listed}")
+        return io.NodeOutput(listed, ui={"deadiff_tokens": [{"filename": name, "subfolder": subfolder,
+                                                             "type": "output"}]})
+
+
+def show_on_node(node_id, text: str) -> None:
+    """Text the front end draws on the node (the server's progress-text message, in every ComfyUI the
+    pack supports). No server (a headless run): nothing to show."""
+    from server import PromptServer  # ComfyUI's server module; only its running instance is used
+
+    send = getattr(getattr(PromptServer, "instance", None), "send_progress_text", None)
+    if send is not None and node_id is not None:
+        send(text, node_id)
 
 
 class _Load(io.ComfyNode):

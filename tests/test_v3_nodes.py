@@ -24,6 +24,12 @@ PACK_NODES = json.loads((SAVED / "object_info.json").read_text(encoding="utf-8")
 # combo inputs whose choices are files on the machine (compared by type, not by their current list)
 FILE_LISTS = {("DEADiffModelLoader", "deadiff_name"), ("DEADiffLoadStyle", "tokens_file"),
               ("DEADiffLoadContent", "tokens_file")}
+# what nodes gained since that snapshot, only ever at the END of their optional inputs and outputs, so
+# saved workflows keep their widget values and links
+ADDED_OPTIONAL = {"DEADiffStyleEncoder": ["resize_mode", "pad_color", "reference_mask"],
+                  "DEADiffContentEncoder": ["resize_mode", "pad_color", "reference_mask"]}
+ADDED_OUTPUTS = {"DEADiffStyleEncoder": ["preview"], "DEADiffContentEncoder": ["preview"],
+                 "DEADiffSaveTokens": ["tokens_file"]}
 
 
 def load_saved(name: str):
@@ -48,15 +54,21 @@ def test_object_info_keeps_the_contract_of_the_v1_nodes(comfy_server):
     info = comfy_server.get("/object_info")
     for node_id, before in PACK_NODES.items():
         now = info[node_id]
-        for key in ("name", "display_name", "category", "description", "output_node", "output", "output_name",
-                    "output_is_list"):
+        for key in ("name", "display_name", "category", "description", "output_node"):
             assert now[key] == before[key], f"{node_id}.{key}: {now[key]!r} != {before[key]!r}"
+        added = len(ADDED_OUTPUTS.get(node_id, []))
+        assert now["output_name"] == before["output_name"] + ADDED_OUTPUTS.get(node_id, []), node_id
+        for key in ("output", "output_is_list"):
+            kept = now[key][:len(now[key]) - added]
+            assert kept == before[key], f"{node_id}.{key}: {now[key]!r} does not start with {before[key]!r}"
         # a V1 node without outputs sent no output_tooltips; V3 sends an empty list
-        assert (now.get("output_tooltips") or []) == (before.get("output_tooltips") or []), node_id
+        kept_tooltips = (now.get("output_tooltips") or [])[:len(before["output"])]
+        assert kept_tooltips == (before.get("output_tooltips") or []), node_id
         for section in ("required", "optional"):
             old, new = before["input"].get(section, {}), now["input"].get(section, {})
-            assert list(new) == list(old), f"{node_id} {section} inputs: {list(new)} != {list(old)}"
-            assert now["input_order"].get(section, []) == before["input_order"].get(section, [])
+            gained = ADDED_OPTIONAL.get(node_id, []) if section == "optional" else []
+            assert list(new) == list(old) + gained, f"{node_id} {section} inputs: {list(new)} != {list(old)}"
+            assert now["input_order"].get(section, []) == before["input_order"].get(section, []) + gained
             for name, old_spec in old.items():
                 new_spec = new[name]
                 old_type, old_choices = combo_choices(old_spec)
