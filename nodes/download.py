@@ -16,9 +16,8 @@ from comfy_api.v0_0_2 import io
 
 from ..deadiff_core import download as hub
 from .managed import ManagedDEADiff
+from ..deadiff_core.convert import COMPACT_SUFFIX, convert
 from .model_folder import FOLDER
-
-COMPACT_SUFFIX = "_compact.safetensors"
 
 
 def _progress_class(node_id):
@@ -80,8 +79,6 @@ class DEADiffDownloadModel(io.ComfyNode):
         if convert_to_compact:
             compact = os.path.join(os.path.dirname(existing), os.path.splitext(file)[0] + COMPACT_SUFFIX)
             if not os.path.isfile(compact):
-                from ..deadiff_core.convert import convert
-
                 convert(existing, compact)
             path = compact
         return io.NodeOutput(ManagedDEADiff.from_file(path))
