@@ -759,14 +759,16 @@ def run_jobs(args, session: Session, workflow_path: Path, prepared: list[Prepare
     for path in written:
         print(path)
     if batch:
-        print(summary(len(prepared), times, failures, boot_seconds), file=sys.stderr)
+        print(summary(len(prepared), times, failures, boot_seconds, reporter.reused()), file=sys.stderr)
     return EXIT_FAILED if failures else 0
 
 
-def summary(total: int, times: list, failures: list, boot_seconds: float) -> str:
+def summary(total: int, times: list, failures: list, boot_seconds: float, reused=()) -> str:
     done = len(times)
     lines = [f"deadiff-run: {done} of {total} jobs done" + (f", {len(failures)} failed" if failures else "")
-             + f"; ComfyUI boot {boot_seconds:.1f} s"]
+             + f"; ComfyUI boot {boot_seconds:.1f} s (once)"]
+    if reused:
+        lines.append(f"  run once, then reused from ComfyUI's cache: {', '.join(reused)}")
     if times:
         rest = times[1:]
         lines.append(f"  first picture {times[0]:.1f} s (loads the models)" +

@@ -76,6 +76,7 @@ class BatchReporter:
         self.label = ""
         self.titles: dict = {}
         self.current = None
+        self.ran: list[set] = []   # per job, the nodes ComfyUI executed (cached nodes send no "executing")
         self.bar = None
         if not quiet and tqdm is not None:
             self.bar = tqdm(total=total_jobs, desc="batch", unit=unit, file=self.stream, dynamic_ncols=True)
@@ -88,6 +89,7 @@ class BatchReporter:
 
     def job_started(self, index: int, label: str) -> None:
         self.label = label
+        self.ran.append(set())
         if self.bar is None and not self.quiet:
             print(f"[{index}/{self.total_jobs}] {label}", file=self.stream, flush=True)
         self._show(label)
@@ -108,7 +110,16 @@ class BatchReporter:
 
     def node_started(self, node_id: str) -> None:
         self.current = node_id
+        if self.ran:
+            self.ran[-1].add(self.titles.get(node_id, node_id))
         self._show(f"{self.label}: {self.titles.get(node_id, node_id)}")
+
+    def reused(self) -> list[str]:
+        """Nodes the first job ran and no later job ran again: ComfyUI's cache served them (the loaders)."""
+        if len(self.ran) < 2:
+            return []
+        later = set().union(*self.ran[1:])
+        return sorted(self.ran[0] - later)
 
     def step(self, value, total, preview=None, node_id=None, prompt_id=None) -> None:
         label = self.titles.get(str(node_id) if node_id is not None else self.current, "")
