@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(stable-diffusion-v1-5/stable-diffusion-v1-5) from Hugging Face into the models folder "
                         "(HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE apply)")
     d.add_argument("--convert", action="store_true",
-                   help="convert deadiff_v1.ckpt once to deadiff_v1_compact.safetensors next to it (about 1.2 GB, "
+                   help="convert deadiff_v1.ckpt once to deadiff_v1_compact.safetensors next to it (about 1.4 GB, "
                         "quicker to load) and use that")
     o = p.add_argument_group("other")
     o.add_argument("--check", action="store_true", help="report what the workflow needs and what is missing; "

@@ -49,7 +49,7 @@ class DEADiffDownloadModel(io.ComfyNode):
                 "Downloads the official DEADiff weights (deadiff_v1.ckpt, about 9 GB, Hugging Face qth/DEADiff; "
                 "research licence: read it on the model page first) into models/deadiff if they are not there, "
                 "then loads them. Nothing is downloaded until you queue a prompt with this node; later runs only "
-                "load the file. Optionally converts it once to a compact .safetensors (about 1.2 GB) and loads that."),
+                "load the file. Optionally converts it once to a compact .safetensors (about 1.4 GB) and loads that."),
             inputs=[
                 io.Combo.Input("file", options=[hub.DEADIFF.filename], default=hub.DEADIFF.filename,
                                tooltip="The file to fetch from Hugging Face qth/DEADiff into models/deadiff."),
