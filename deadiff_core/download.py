@@ -19,6 +19,7 @@ Nothing here imports ComfyUI; the runner and the "Download DEADiff Model" node b
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 import shutil
@@ -159,9 +160,12 @@ def download(file: HubFile, folder: Path, *, tqdm_class=None, token=None,
     log(f"downloading {file.filename} ({human(size) if size else 'size unknown'}) from "
         f"{endpoint() or 'https://huggingface.co'}/{file.repo_id} into {folder}")
     hub = _hub()
+    extra = {}
+    if tqdm_class is not None and "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters:
+        extra["tqdm_class"] = tqdm_class  # older huggingface_hub versions show their own bar only
     try:
         path = Path(hub.hf_hub_download(file.repo_id, file.filename, revision=commit, local_dir=folder,
-                                        endpoint=endpoint(), token=token, tqdm_class=tqdm_class))
+                                        endpoint=endpoint(), token=token, **extra))
     except Exception as e:  # noqa: BLE001
         raise DownloadError(_explain(file, e)) from e
     log(f"checking {file.filename} against the hub's checksum")
