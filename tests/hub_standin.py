@@ -11,7 +11,7 @@ Written from what huggingface_hub's hf_hub_download asks and reads (its file_dow
 
 Knobs for the tests: `drop_after` (the first GET sends that many bytes of a full-length answer, then
 closes the connection), `wrong_sha256` (announce another checksum than the content's), and `requests`
-(every request seen: method, path, Range header).
+(every request seen: method, path, Range header; `file_requests()` keeps those for files).
 """
 from __future__ import annotations
 
@@ -110,8 +110,13 @@ class HubStandIn:
     def add(self, repo_id: str, filename: str, data: bytes) -> None:
         self.files[(repo_id, filename)] = data
 
+    def file_requests(self) -> list:
+        """Requests for files (`/resolve/`). huggingface_hub also fetches other hub endpoints on its own
+        (e.g. a best-effort registry it caches for a day); those are not downloads."""
+        return [r for r in self.requests if "/resolve/" in r[1]]
+
     def gets(self) -> list:
-        return [r for r in self.requests if r[0] == "GET"]
+        return [r for r in self.file_requests() if r[0] == "GET"]
 
     def close(self) -> None:
         self.server.shutdown()

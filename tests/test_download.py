@@ -35,9 +35,9 @@ def test_download_then_nothing_more(hub, tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # 0644 under the usual umask, as any model file
     assert len(hub.gets()) == 1, hub.requests
-    seen = len(hub.requests)
+    seen = len(hub.file_requests())
     assert dl.download(dl.DEADIFF, folder) == path
-    assert len(hub.requests) == seen, "a file already in the folder costs no request"
+    assert len(hub.file_requests()) == seen, "a file already in the folder costs no request"
 
 
 def test_a_dropped_transfer_is_resumed_with_a_range_request(hub, tmp_path):
@@ -74,7 +74,7 @@ def test_offline_mode_says_so_and_sends_nothing(hub, tmp_path, monkeypatch):
         dl.download(dl.DEADIFF, tmp_path)
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in str(error.value)
     assert "huggingface.co/qth/DEADiff" in str(error.value)
-    assert hub.requests == []
+    assert hub.file_requests() == []
 
 
 def test_free_disk_space_is_checked_before_the_first_byte(hub, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ def test_downloads_on_run_with_progress_then_only_loads(comfy, download_node, hu
 
     target = comfy.base / "models" / "deadiff" / "deadiff_v1.ckpt"
     target.unlink(missing_ok=True)
-    assert hub.requests == [], "registering the node downloads nothing"
+    assert hub.file_requests() == [], "registering the node downloads nothing"
     g = Graph()
     loaded = g.node(NODE, file="deadiff_v1.ckpt", convert_to_compact=False)
     g.node("DEADiffTest_Keep", value=loaded, key="downloaded-deadiff")
@@ -67,9 +67,9 @@ def test_downloads_on_run_with_progress_then_only_loads(comfy, download_node, hu
         kept = comfy.module("DEADiffTest_Keep").CAPTURED["downloaded-deadiff"]
         assert type(kept).__name__ == "ManagedDEADiff" and kept.name == "deadiff_v1.ckpt"
 
-        seen = len(hub.requests)
+        seen = len(hub.file_requests())
         comfy.run(g.prompt)
-        assert len(hub.requests) == seen, "a second run only loads the file"
+        assert len(hub.file_requests()) == seen, "a second run only loads the file"
     finally:
         target.unlink(missing_ok=True)
 
@@ -84,4 +84,4 @@ def test_offline_mode_fails_the_node_with_the_reason(comfy, download_node, hub, 
     with pytest.raises(GraphError) as error:
         comfy.run(g.prompt)
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in str(error.value)
-    assert hub.requests == []
+    assert hub.file_requests() == []

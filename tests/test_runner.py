@@ -250,7 +250,7 @@ def test_download_convert_and_a_second_run_downloads_nothing(tmp_path):
     base = tmp_path / "fresh"
     base.mkdir()
     style = write_reference(tmp_path / "ref.png", seed=5)
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
     small = ("--steps", "2", "--width", "64", "--height", "64", "--seed", "1")
     try:
         first = run_cli("--download", "--convert", "--style", str(style), "--prompt", "a lighthouse", *small,
@@ -266,11 +266,11 @@ def test_download_convert_and_a_second_run_downloads_nothing(tmp_path):
             prompt = json.loads(picture.text["prompt"])
         (loader,) = [n for n in prompt.values() if n["class_type"] == "DEADiffModelLoader"]
         assert loader["inputs"]["deadiff_name"] == "deadiff_v1_compact.safetensors"
-        seen = len(hub.requests)
+        seen = len(hub.file_requests())
         second = run_cli("--download", "--convert", "--style", str(style), "--prompt", "a lighthouse", *small,
                          "--output", str(tmp_path / "second.png"), base=base, test_hook=True, env_extra=env)
         assert second.returncode == 0, second.stderr[-4000:]
-        assert len(hub.requests) == seen, "the second run asks the hub nothing"
+        assert len(hub.file_requests()) == seen, "the second run asks the hub nothing"
         assert "converting" not in second.stderr
     finally:
         hub.close()
