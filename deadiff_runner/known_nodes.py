@@ -1,9 +1,10 @@
 """The widget layouts of the node types the examples use, kept with the runner so that a command line
 can be checked before ComfyUI boots (a boot costs 10-40 s; a typo should not).
 
-`known_nodes.json` holds, per node type, what ComfyUI's /object_info says about it minus what varies
-between installations (the entries of file lists): input names and order, widget types, min/max,
-display name, outputs. The runner first checks every argument against it; after the boot it checks
+`known_nodes.json` holds, per node type, what ComfyUI's /object_info says about its inputs minus what
+varies between installations (the entries of file lists): input names and order, widget types,
+min/max; and the display names it has had (run the command below on each supported ComfyUI: the names
+accumulate). The runner first checks every argument against it; after the boot it checks
 again against the live definitions, which stay the authority (a node pack update that changed a
 node is then still caught, only later). tests/test_runner_preflight.py checks that the file matches
 the running ComfyUI; after a node changes, rewrite it with
@@ -38,14 +39,16 @@ def _reduce_spec(spec):
 
 
 def reduce(info: dict) -> dict:
-    """What the snapshot keeps of one node's /object_info entry."""
+    """What the snapshot keeps of one node's /object_info entry: its inputs (the widget layout and the
+    accepted ranges, which the pre-boot check uses), its outputs (which the graph analysis follows) and
+    its display name."""
     inputs = {}
     for group in ("required", "optional"):
         table = (info.get("input") or {}).get(group) or {}
         inputs[group] = {name: _reduce_spec(spec) for name, spec in table.items()}
     return {"input": inputs, "input_order": info.get("input_order") or {k: list(v) for k, v in inputs.items()},
             "output": list(info.get("output") or []), "output_name": list(info.get("output_name") or []),
-            "name": info.get("name"), "display_name": info.get("display_name")}
+            "name": info.get("name"), "display_names": [info.get("display_name") or info.get("name")]}
 
 
 @lru_cache(maxsize=1)
@@ -57,8 +60,13 @@ def _load() -> dict:
 
 
 def node_info(class_type: str) -> Optional[dict]:
-    """A `node_info` (see workflow_api) that knows only the snapshot's node types."""
-    return _load().get(class_type)
+    """A `node_info` (see workflow_api) that knows only the snapshot's node types. `display_names` lists the
+    names ComfyUI versions gave the node (0.3.75's "Load LoRA" is 0.33's "Load LoRA (Model and CLIP)"),
+    so a name the user copied from either is found before the boot."""
+    entry = _load().get(class_type)
+    if entry is None:
+        return None
+    return {**entry, "display_name": entry["display_names"][0]}
 
 
 def snapshot_types() -> list[str]:
@@ -70,12 +78,17 @@ def snapshot_types() -> list[str]:
     return sorted(t for t in types if t not in ("Note", "MarkdownNote", "PrimitiveNode", "Reroute"))
 
 
-def build(live_node_info) -> dict:
+def build(live_node_info, previous: Optional[dict] = None) -> dict:
+    """The snapshot from a live ComfyUI, keeping the display names an earlier snapshot had (from another
+    ComfyUI version) after the live one."""
     nodes = {}
     for class_type in snapshot_types():
         info = live_node_info(class_type)
         if info is not None:
             nodes[class_type] = reduce(info)
+            for name in ((previous or {}).get(class_type) or {}).get("display_names", []):
+                if name not in nodes[class_type]["display_names"]:
+                    nodes[class_type]["display_names"].append(name)
     return nodes
 
 
@@ -84,7 +97,7 @@ def main(argv=None) -> int:
 
     session = Session(find_comfyui(None), only_deadiff_nodes=True)
     try:
-        nodes = build(session.node_info())
+        nodes = build(session.node_info(), _load())
     finally:
         session.close()
     SNAPSHOT.write_text(json.dumps({"about": "written by python -m deadiff_runner.known_nodes; see its docstring",

@@ -208,17 +208,21 @@ class Editor:
         info = self.node_info(class_type) or {}
         return info.get("display_name") or class_type
 
+    def display_names(self, class_type: str) -> list:
+        info = self.node_info(class_type) or {}
+        return info.get("display_names") or [info.get("display_name") or class_type]
+
     def find_node(self, target: str) -> str:
         """A node by id, by title, by type or by its type's display name (what the runner prints for a node
         without a title); case-insensitive, and it must be unique."""
         if str(target) in self.ui_nodes:
             return str(target)
         real = {nid: n for nid, n in self.ui_nodes.items() if n.get("type") not in VIRTUAL_NODE_TYPES}
-        keys = (("title", lambda n: n.get("title")), ("type", lambda n: n.get("type")),
-                ("display name", lambda n: self.display_name(n.get("type"))),
-                ("shown name", lambda n: n.get("title") or self.display_name(n.get("type"))))
+        keys = (("title", lambda n: [n.get("title")]), ("type", lambda n: [n.get("type")]),
+                ("display name", lambda n: self.display_names(n.get("type"))),
+                ("shown name", lambda n: [n.get("title")] if n.get("title") else self.display_names(n.get("type"))))
         for key, read in keys:
-            hits = [nid for nid, n in real.items() if str(read(n) or "").lower() == target.lower()]
+            hits = [nid for nid, n in real.items() if target.lower() in [str(v or "").lower() for v in read(n)]]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
