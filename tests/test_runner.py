@@ -274,3 +274,20 @@ def test_download_convert_and_a_second_run_downloads_nothing(tmp_path):
         assert "converting" not in second.stderr
     finally:
         hub.close()
+
+
+def test_a_failing_node_is_one_line_and_minus_v_adds_the_traceback(tmp_path):
+    base = tmp_path / "base"
+    (base / "models" / "deadiff").mkdir(parents=True)
+    (base / "models" / "deadiff" / "deadiff_v1.ckpt").write_bytes(b"PK\x03\x04 not really a zip archive")
+    style = write_reference(tmp_path / "ref.png", seed=2)
+    small = ("--steps", "1", "--width", "64", "--height", "64", "--output", str(tmp_path / "never.png"))
+    quiet = run_cli("--style", str(style), *small, base=base, test_hook=True)
+    assert quiet.returncode == 1, quiet.stderr[-3000:]
+    failed = [line for line in quiet.stderr.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and failed[0].startswith("deadiff-run: node 2 (Load DEADiff Model) failed: ")
+    assert "truncated or corrupt" in failed[0] and "download it again" in failed[0]
+    assert "Traceback" not in quiet.stderr and "!!! Exception" not in quiet.stderr
+    loud = run_cli("--style", str(style), *small, "-v", base=base, test_hook=True)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr
+    assert not (tmp_path / "never.png").exists()
