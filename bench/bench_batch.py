@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,15 @@ def main(argv=None) -> int:
     common = ["--base-directory", str(base), "--style", str(style), "--steps", str(args.steps),
               "--width", str(args.size), "--height", str(args.size), "-q"]
     prompts = [f"picture number {i}" for i in range(args.jobs)]
+
+    try:
+        return _measure(args, work, common, prompts, env, from_env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args, work: Path, common: list, prompts: list, env: dict, from_env: str) -> int:
+    import torch
 
     singles = []
     for i, prompt in enumerate(prompts):

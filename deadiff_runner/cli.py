@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -51,7 +50,7 @@ from .comfy_session import TEST_PACK_ENV, BootError, RunError, Session, enclosin
 from .file_kinds import KINDS, describe, find_by_name, kind_of, misplaced
 from .jobs import Job, JobsError
 from .progress import BatchReporter, ProgressReporter
-from .workflow_api import MissingNodeTypes, WorkflowError
+from .workflow_api import WorkflowError
 
 EXIT_FAILED = 1
 EXIT_MISSING = 2

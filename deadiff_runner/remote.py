@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -204,7 +205,7 @@ async def run_job(server: Server, item, reporter, test_hook: bool, cli) -> list[
 async def _run(args, workflow_path: Path, workflow: dict, jobs, cli) -> int:
     import aiohttp
 
-    test_hook = bool(__import__("os").environ.get(TEST_PACK_ENV))
+    test_hook = bool(os.environ.get(TEST_PACK_ENV))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=20, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         servers = [Server(url, http) for url in args.server]
@@ -224,7 +225,7 @@ async def _run(args, workflow_path: Path, workflow: dict, jobs, cli) -> int:
         skip = tuple(cli.TEST_SUBSTITUTES) if test_hook else ()
         problems = []
         for server in servers:
-            for item in prepared[:1] if len({json.dumps(p.prompt(), sort_keys=True) for p in prepared}) == 1 else prepared:
+            for item in prepared:
                 for line in missing_on_server(server, item.prompt(), skip):
                     if line not in problems:
                         problems.append(line)
