@@ -1,11 +1,16 @@
 """deadiff-convert: official deadiff_v1.ckpt -> compact .safetensors with only what DEADiff adds.
 
-    deadiff-convert models/deadiff/deadiff_v1.ckpt models/deadiff/deadiff_v1_compact.safetensors
-    python -m deadiff_core.convert SRC DST [--dtype fp16|fp32] [--force]
+    deadiff-convert models/deadiff/deadiff_v1.ckpt      # writes models/deadiff/deadiff_v1_compact.safetensors
+    python -m deadiff_core.convert SRC [DST] [--dtype fp16|fp32] [--force]
+    python custom_nodes/ComfyUI-DEADiff/scripts/convert.py models/deadiff/deadiff_v1.ckpt   # from ComfyUI's root
+
+DST defaults to SRC's folder and name with `_compact.safetensors` (next to the input, so the compact
+file lands in the same models/deadiff folder); it is written with the mode of any model file (0644
+under the usual umask).
 
 The compact file keeps the official key names (so one loader reads both), the vision tower once,
 and records the source file's name and sha256 and the inferred dimensions in its metadata. fp16 is
-the default (about 1.2 GB); fp32 conversion loads bit-identically to the source.
+the default (about 1.4 GB); fp32 conversion loads bit-identically to the source.
 """
 from __future__ import annotations
 
@@ -22,6 +27,20 @@ from .checkpoint import compact_metadata, read_deadiff_tensors
 from .errors import DEADiffCheckpointError
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+COMPACT_SUFFIX = "_compact.safetensors"
+
+
+def default_destination(src: str) -> str:
+    """Next to the input: models/deadiff/deadiff_v1.ckpt -> models/deadiff/deadiff_v1_compact.safetensors."""
+    stem = os.path.splitext(os.path.basename(src))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(src)), stem + COMPACT_SUFFIX)
+
+
+def _readable_mode(path: str) -> None:
+    """safetensors writes the file owner-only (0600); a model file is world-readable under the usual umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -90,6 +109,7 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False, progre
     tmp = dst + ".partial"
     try:
         save_file(kept, tmp, metadata=metadata)
+        _readable_mode(tmp)
         os.replace(tmp, dst)
     except Exception as e:  # disk full, no permission: no half-written file is left behind
         if os.path.exists(tmp):
@@ -103,10 +123,20 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False, progre
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="deadiff-convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="deadiff_v1.ckpt (or a .safetensors of its state_dict)")
-    parser.add_argument("dst", help="the compact .safetensors to write")
+    parser.add_argument("dst", nargs="?", help="the compact .safetensors to write (default: next to SRC, "
+                                               "named <SRC name>_compact.safetensors)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype (default fp16)")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = parser.parse_args(argv)
+    if args.dst is None:
+        args.dst = default_destination(args.src)
+    if not os.path.isfile(args.src):
+        hint = ""
+        if not os.path.isabs(args.src) and "custom_nodes" in os.getcwd().split(os.sep):
+            hint = (" (a relative path is relative to the folder you run this from; from the pack's folder the "
+                    "models are in ../../models/deadiff/)")
+        print(f"deadiff-convert: {args.src}: no such file{hint}", file=sys.stderr)
+        return 2
     try:
         sizes = convert(args.src, args.dst, args.dtype, args.force)
     except (DEADiffCheckpointError, OSError, ValueError) as e:

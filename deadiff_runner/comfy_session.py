@@ -229,9 +229,13 @@ class Session:
     def validate(self, prompt: dict):
         return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
-    def run(self, prompt: dict, workflow: Optional[dict], reporter) -> dict:
+    def run(self, prompt: dict, workflow: Optional[dict], reporter, extra_pnginfo: Optional[dict] = None) -> dict:
         """Validate and execute `prompt`; output nodes save to ComfyUI's output folder, as in the UI (so a
-        style that Save Tokens writes is there for a later Load Style).
+        style that Save Tokens writes is there for a later Load Style). `extra_pnginfo` adds text chunks to
+        the PNG (next to "workflow"), as the front end's extra_pnginfo does.
+
+        One executor serves every run of the session, as in ComfyUI's server: its cache keeps the outputs
+        of nodes whose inputs did not change (the loaded checkpoint and DEADiff model) for the next job.
 
         Returns {node id: the node's UI output}. Raises RunError with ComfyUI's own messages."""
         valid = self.validate(prompt)
@@ -240,10 +244,15 @@ class Session:
         sink = _Sink(reporter)
         self.comfy_utils.set_progress_bar_enabled(False)  # one bar per node from our hook instead
         self.comfy_utils.set_progress_bar_global_hook(reporter.step)
-        executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        executor = getattr(self, "_executor", None)
+        if executor is None:
+            executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+            self._executor = executor
+        executor.server = sink
         extra_data = {"client_id": "deadiff-runner"}
-        if workflow is not None:
-            extra_data["extra_pnginfo"] = {"workflow": workflow}
+        if workflow is not None or extra_pnginfo:
+            extra_data["extra_pnginfo"] = {**({"workflow": workflow} if workflow is not None else {}),
+                                           **(extra_pnginfo or {})}
         reporter.start(prompt, valid[2])
         try:
             executor.execute(prompt, str(uuid.uuid4()), extra_data=extra_data, execute_outputs=valid[2])
@@ -255,8 +264,11 @@ class Session:
             err = errors[0] if errors else {}
             node = prompt.get(str(err.get("node_id")), {})
             title = node.get("_meta", {}).get("title", err.get("node_type"))
-            raise RunError(f"node {err.get('node_id')} ({title}) failed: {err.get('exception_type')}: "
-                           f"{err.get('exception_message')}", traceback="".join(err.get("traceback") or []))
+            kind = str(err.get("exception_type") or "").rsplit(".", 1)[-1]  # not the module path it was loaded from
+            message = str(err.get("exception_message") or "").strip()
+            raise RunError(f"node {err.get('node_id')} ({title}) failed: "
+                           + (message if kind in FILE_ERRORS else f"{kind}: {message}"),
+                           traceback="".join(err.get("traceback") or []), kind=kind)
         return sink.outputs
 
     def close(self) -> None:
@@ -264,10 +276,15 @@ class Session:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+# the pack's errors about a DEADiff file, whose message says everything (no class name needed)
+FILE_ERRORS = ("DEADiffCheckpointError", "DEADiffUnsafeFileError")
+
+
 class RunError(RuntimeError):
-    def __init__(self, message: str, traceback: str = ""):
+    def __init__(self, message: str, traceback: str = "", kind: str = ""):
         super().__init__(message)
         self.traceback = traceback
+        self.kind = kind  # the exception's class name when a node failed
 
 
 def format_validation_error(error: dict, node_errors: dict, prompt: dict) -> str:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .workflow_api import WorkflowError, set_widget_value, ui_nodes_by_id, ui_to_api, widget_layout
+from .workflow_api import (VIRTUAL_NODE_TYPES, WorkflowError, set_widget_value, ui_nodes_by_id, ui_to_api,
+                           widget_layout)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "example_workflows"
 DEFAULT_WORKFLOW = "deadiff_style_transfer"
@@ -194,24 +195,42 @@ class Editor:
 
     def set(self, node_id: str, name: str, value) -> None:
         node = self.ui_nodes[str(node_id)]
-        set_widget_value(node, self.node_info(node["type"]), name, value)
+        info = self.node_info(node["type"])
+        check_range(info, name, value, f"node {node_id} ({self.title(node_id)})")
+        set_widget_value(node, info, name, value)
 
     def title(self, node_id: str) -> str:
+        """What ComfyUI shows (and the runner prints): the node's title, else its type's display name."""
         node = self.ui_nodes[str(node_id)]
-        return node.get("title") or node["type"]
+        return node.get("title") or self.display_name(node["type"])
+
+    def display_name(self, class_type: str) -> str:
+        info = self.node_info(class_type) or {}
+        return info.get("display_name") or class_type
+
+    def display_names(self, class_type: str) -> list:
+        info = self.node_info(class_type) or {}
+        return info.get("display_names") or [info.get("display_name") or class_type]
 
     def find_node(self, target: str) -> str:
-        """A node by id, by title or by type (case-insensitive; must be unique)."""
+        """A node by id, by title, by type or by its type's display name (what the runner prints for a node
+        without a title); case-insensitive, and it must be unique."""
         if str(target) in self.ui_nodes:
             return str(target)
-        for key in ("title", "type"):
-            hits = [nid for nid, n in self.ui_nodes.items() if str(n.get(key) or "").lower() == target.lower()]
+        real = {nid: n for nid, n in self.ui_nodes.items() if n.get("type") not in VIRTUAL_NODE_TYPES}
+        keys = (("title", lambda n: [n.get("title")]), ("type", lambda n: [n.get("type")]),
+                ("display name", lambda n: self.display_names(n.get("type"))),
+                ("shown name", lambda n: [n.get("title")] if n.get("title") else self.display_names(n.get("type"))))
+        for key, read in keys:
+            hits = [nid for nid, n in real.items() if target.lower() in [str(v or "").lower() for v in read(n)]]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
                 raise WorkflowError(f"{len(hits)} nodes have the {key} {target!r} (ids {', '.join(hits)}): "
                                     "use the node id")
-        raise WorkflowError(f"no node with id, title or type {target!r}")
+        listed = "; ".join(f"{nid} {self.title(nid)!r} ({n.get('type')})" for nid, n in
+                           sorted(real.items(), key=lambda item: numeric_order(item[0])))
+        raise WorkflowError(f"no node with id, title, type or name {target!r}; this workflow's nodes: {listed}")
 
     def apply_override(self, spec: str) -> None:
         """NODE.INPUT=VALUE, NODE being an id, a title or a type; VALUE converted to the widget's type."""
@@ -225,7 +244,25 @@ class Editor:
         if name.strip() not in kinds:
             raise WorkflowError(f"--set {spec!r}: node {node_id} ({self.title(node_id)}) has no widget {name.strip()!r}; "
                                 f"its widgets are {sorted(kinds)}")
-        self.set(node_id, name.strip(), convert_value(value, kinds[name.strip()], spec))
+        converted = convert_value(value, kinds[name.strip()], spec)
+        try:
+            self.set(node_id, name.strip(), converted)
+        except WorkflowError as e:
+            raise WorkflowError(f"--set {spec!r}: {e}") from None
+
+
+def check_range(info: Optional[dict], name: str, value, where: str) -> None:
+    """A number outside the widget's min/max is refused here, before ComfyUI's validation would."""
+    if not info or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    declared = {**((info.get("input") or {}).get("required") or {}), **((info.get("input") or {}).get("optional") or {})}
+    spec = declared.get(name)
+    options = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    low, high = options.get("min"), options.get("max")
+    if low is not None and value < low:
+        raise WorkflowError(f"{where}: {name} {value} is below its minimum {low}")
+    if high is not None and value > high:
+        raise WorkflowError(f"{where}: {name} {value} is above its maximum {high}")
 
 
 def convert_value(text: str, kind: str, spec: str):
