@@ -5,6 +5,7 @@ from .model_folder import register_model_folder
 register_model_folder()
 
 from .apply import DEADiffApply  # noqa: E402
+from .download import DEADiffDownloadModel  # noqa: E402
 from .encoders import DEADiffContentEncoder, DEADiffStyleEncoder  # noqa: E402
 from .loader import DEADiffModelLoader  # noqa: E402
 from .mixing import DEADiffMixContents, DEADiffMixStyles  # noqa: E402
@@ -14,6 +15,7 @@ from .sockets import ComfyExtension, io  # noqa: E402
 
 NODES = [
     DEADiffModelLoader,
+    DEADiffDownloadModel,
     DEADiffStyleEncoder,
     DEADiffContentEncoder,
     DEADiffApply,

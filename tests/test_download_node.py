@@ -3,8 +3,6 @@ deadiff_v1.ckpt comes from the hub (a stand-in on 127.0.0.1 behind HF_ENDPOINT) 
 ComfyUI's progress bar, and the node outputs the loaded DEADiff model; a second prompt only loads it."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 import deadiff_fakes
@@ -16,17 +14,8 @@ NODE = "DEADiffDownloadModel"
 
 @pytest.fixture
 def download_node(comfy):
-    """The node class as ComfyUI loaded the pack; registered the way ComfyUI registers a V3 node when the
-    pack's mapping does not list it yet (its registration in nodes/__init__.py is the coordinator's)."""
-    package = comfy.module("DEADiffApply").__name__.rsplit(".", 1)[0]
-    cls = importlib.import_module(package + ".download").DEADiffDownloadModel
-    added = NODE not in comfy.nodes.NODE_CLASS_MAPPINGS
-    if added:
-        cls.GET_SCHEMA()
-        comfy.nodes.NODE_CLASS_MAPPINGS[NODE] = cls
-    yield cls
-    if added:
-        comfy.nodes.NODE_CLASS_MAPPINGS.pop(NODE, None)
+    """The node class as ComfyUI registered it from the pack's extension."""
+    return comfy.nodes.NODE_CLASS_MAPPINGS[NODE]
 
 
 @pytest.fixture
