@@ -5,7 +5,7 @@ and encoder speed. Prints figures; ratios are measured in the same run.
     python bench/bench_core.py --ckpt deadiff_v1.ckpt
     python bench/bench_core.py --small       # tiny dims, a quick smoke run
 
-Targets (issue #3): compact <= 1.6 GB at fp16; loading it >= 5x faster than the .ckpt; peak RSS
+Targets (the ones docs/benchmarks.md checks): compact <= 1.6 GB at fp16; loading it >= 5x faster than the .ckpt; peak RSS
 while loading the .ckpt <= 1.3x the bytes we keep.
 """
 from __future__ import annotations

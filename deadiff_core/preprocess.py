@@ -1,4 +1,4 @@
-"""Reference images -> CLIP pixels, as the official code prepares them (SPEC §2 steps 1-2)."""
+"""Reference images -> CLIP pixels, as the official code prepares them (docs/design.md §2)."""
 from __future__ import annotations
 
 import torch

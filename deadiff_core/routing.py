@@ -1,7 +1,7 @@
 """The 16 SD1.5 cross-attention sites and which DEADiff branch each one listens to.
 
 DEADiff's disentangled conditioning sends style tokens to the fine (high-resolution) layers and
-content tokens to the coarse ones (SPEC §3). Sites are named by their LDM block so that checkpoint
+content tokens to the coarse ones (docs/design.md §5). Sites are named by their LDM block so that checkpoint
 keys, ComfyUI patch keys and user-facing routing strings all agree.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ class RoutingError(ValueError):
 
 class Routing:
     """Which branch's tokens each site attends to, and with what extra scale. The default is the
-    official split (SPEC §3) at scale 1."""
+    official split (docs/design.md §5) at scale 1."""
 
     def __init__(self, routes: dict):
         self.routes = {s.name: routes.get(s.name) for s in SITES}  # site name -> Route, or None (off)

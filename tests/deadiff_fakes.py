@@ -1,7 +1,7 @@
 """Synthetic DEADiff checkpoints in the exact official key layout, at any (tiny) dimensions.
 
-Written from SPEC §5 and the official key list (tests/data/deadiff_checkpoint_keys.tsv, a copy of
-shared/deadiff_checkpoint_keys.tsv): the DEADiff parts are generated from their dimensions, the
+Written from docs/design.md §9 and the official key list (tests/data/deadiff_checkpoint_keys.tsv, the
+layout the official code saves): the DEADiff parts are generated from their dimensions, the
 frozen SD1.5 parts (UNet, VAE, text encoder, schedule buffers) keep their official names with tiny
 placeholder tensors, since a loader must drop them anyway. `official_shapes(FULL_SIZE)` reproduces
 the official key list and shapes exactly (a test checks it).

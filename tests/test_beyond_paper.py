@@ -1,5 +1,5 @@
-"""Beyond the paper (issue #6): regional masks, mixing, reference batches, saved tokens, routing and a
-negative reference, in the real ComfyUI. Each site's output is compared with the plain SPEC §4
+"""Beyond the paper (docs/design.md §7): regional masks, mixing, reference batches, saved tokens, routing and a
+negative reference, in the real ComfyUI. Each site's output is compared with the plain docs/design.md §6
 reference (tests/reference_deadiff.py) fed with what the feature should mean."""
 from __future__ import annotations
 

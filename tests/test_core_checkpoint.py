@@ -167,7 +167,7 @@ def test_state_dict_at_top_level_is_accepted(files, tmp_path):
 # ------------------------------------------------------------------ the fakes are the official layout
 
 def test_fakes_at_full_size_reproduce_the_official_key_list():
-    """Every key, shape and dtype of shared/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
+    """Every key, shape and dtype of tests/data/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
     generated = deadiff_fakes.official_shapes(**deadiff_fakes.FULL_SIZE)
     frozen = {k for k in (row[0] for row in deadiff_fakes.official_table()) if k not in generated}
     assert len(generated) + len(frozen) == 2562
