@@ -139,7 +139,8 @@ def load_tokens(path: str) -> tuple[DEADiffTokens, dict]:
     except TokensError:
         raise
     except Exception as e:
-        raise TokensError(f"{path} cannot be read as a .safetensors file ({e}); it is truncated or not a tokens file") from e
+        raise TokensError(
+            f"{path} cannot be read as a .safetensors file ({e}); it is truncated or not a tokens file") from e
     if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
         raise TokensError(f"{path}: its tokens are not finite floating-point numbers; the file is corrupt")
     try:

@@ -99,7 +99,8 @@ def official_shapes(vision_width=64, vision_layers=2, patch_size=32, image_size=
                                a + "self.query.bias": (h,), a + "self.query.weight": (h, h),
                                a + "self.value.bias": (h,), a + "self.value.weight": (h, kv)})
             for s in ("", "_query"):
-                shapes.update({layer + f"intermediate{s}.dense.bias": (f,), layer + f"intermediate{s}.dense.weight": (f, h),
+                shapes.update({layer + f"intermediate{s}.dense.bias": (f,),
+                               layer + f"intermediate{s}.dense.weight": (f, h),
                                layer + f"output{s}.LayerNorm.bias": (h,), layer + f"output{s}.LayerNorm.weight": (h,),
                                layer + f"output{s}.dense.bias": (h,), layer + f"output{s}.dense.weight": (h, f)})
         p = f"{branch}_proj_layer."

@@ -63,7 +63,7 @@ def quick_gelu(x):
 
 def vision(sd, prefix, px):
     """LAVIS CLIP ViT: conv patches, class token, positions, ln_pre, pre-LN blocks, then ln_vision."""
-    g = lambda name: sd[prefix + name].float()  # noqa: E731
+    g = lambda name: sd[prefix + name].float()  # noqa: E731  (a one-line accessor, kept as literal as the rest)
     v = "visual_encoder."
     w = g(v + "conv1.weight")
     x = F.conv2d(px, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)

@@ -33,7 +33,7 @@ class ReferenceCrossAttention(torch.nn.Module):
         super().__init__()
         self.original, self.i_to_k, self.i_to_v, self.state = original, i_to_k, i_to_v, state
 
-    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
+    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006  (ComfyUI's signature; never mutated)
         a = self.original
         q, k, v = a.to_q(x), a.to_k(context), a.to_v(context if value is None else value)
         out = ref.site_attention(q, k, v, self.state["tokens"](self), self.i_to_k, self.i_to_v, a.heads)
