@@ -2,8 +2,8 @@
 sampling step over the same model unpatched, and over the floor (the same UNet attending to 16 extra
 zero keys at the 16 sites, nothing else). Every figure is a ratio measured in one run.
 
-    python bench/bench_sampling.py            # CPU: 32x32 and 64x64 latents (about 5 min on 2 cores)
-    python bench/bench_sampling.py --quick    # 32x32 only, fewer rounds: a smoke run (about 2 min)
+    python bench/bench_sampling.py            # CPU: 32x32 and 64x64 latents (about 3 min on 2 idle cores)
+    python bench/bench_sampling.py --quick    # 32x32 only, fewer rounds: a smoke run (about 1 min)
     python bench/bench_sampling.py --sizes 64 --rounds 3 --replay-rounds 20
 
 On a CUDA machine it also runs fp16 512x512 (64x64 latent), 20 steps: it/s and peak VRAM unpatched vs

@@ -1,6 +1,6 @@
 """A loaded DEADiff file whose weights ComfyUI's memory management owns.
 
-Two ModelPatchers: the encoders (vision tower + Q-Formers, about 1.2 GB in fp16) are loaded only
+Two ModelPatchers: the encoders (vision tower + Q-Formers, about 1.4 GB in fp16) are loaded only
 while encoding; the 32 per-site projections (tens of MB) travel with the UNet during sampling
 because the attention patch hands them to ComfyUI through `models()`.
 """
