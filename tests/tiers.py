@@ -18,12 +18,25 @@ import pytest
 
 # file name -> None (every test in it) or the names of its fast tests (parametrized ids included)
 FAST: dict[str, set[str] | None] = {
+    # the core math, no ComfyUI
     "test_core_checkpoint.py": None,
     "test_core_embedding.py": None,
     "test_core_encoders.py": None,
     "test_properties.py": None,
+    # one site's patch against the reference, in the in-process ComfyUI
     "test_site_patch.py": None,
+    # every node once, in the in-process ComfyUI: registered with tooltips; loader, both encoders and
+    # Apply against the reference; two Apply nodes; mix, save/load, routing nodes; another pack's patch
+    "test_tiny_models.py": {"test_pack_nodes_are_registered_with_tooltips_and_descriptions"},
+    "test_apply.py": {"test_prediction_matches_reference[True-True-1.0]", "test_two_apply_nodes_compose"},
+    "test_beyond_paper.py": {"test_mix_nodes_weighted_sum_and_concatenate_through_the_executor",
+                             "test_save_and_load_tokens_through_the_executor",
+                             "test_custom_routing_at_the_sites",
+                             "test_two_masked_applies_give_two_regional_styles"},
+    "test_composition.py": {"test_another_packs_attn2_replace_is_never_dropped"},
     "test_workflow_compat.py": None,
+    # one test against the real server (main.py in a subprocess)
+    "test_server.py": {"test_object_info_lists_the_nodes_with_tooltips"},
 }
 
 
