@@ -17,5 +17,5 @@ status=0
 echo "== ruff check"
 "$ruff" check . || status=1
 echo "== ruff format --check"
-"$ruff" format --check . || status=1
+"$ruff" format --check --output-format concise . || status=1  # ruff format --diff . shows the changes
 exit "$status"
