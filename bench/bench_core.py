@@ -5,8 +5,8 @@ and encoder speed. Prints figures; ratios are measured in the same run.
     python bench/bench_core.py --ckpt deadiff_v1.ckpt
     python bench/bench_core.py --small       # tiny dims, a quick smoke run
 
-Targets (issue #3): compact <= 1.6 GB at fp16; loading it >= 5x faster than the .ckpt; peak RSS
-while loading the .ckpt <= 1.3x the bytes we keep.
+Targets (the ones docs/benchmarks.md checks): compact <= 1.6 GB at fp16; loading it >= 5x faster than
+the .ckpt; peak RSS while loading the .ckpt <= 1.3x the bytes we keep.
 """
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def encoder_times(path: Path) -> list[str]:
             if device == "cuda":
                 torch.cuda.synchronize()
             per_image = (time.perf_counter() - t) / reps / batch
-            lines.append(f"encoder {device} {str(dtype).split('.')[-1]} batch {batch}: {per_image * 1000:.1f} ms per image")
+            dtype_name = str(dtype).split(".")[-1]
+            lines.append(f"encoder {device} {dtype_name} batch {batch}: {per_image * 1000:.1f} ms per image")
         del model
     return lines
 

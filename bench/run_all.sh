@@ -2,8 +2,9 @@
 # Every benchmark, one after the other, in the development environment (scripts/dev_env.sh):
 #   bench/bench_core.py      loading the official .ckpt vs the compact file, encoder time (full size)
 #   bench/bench_sampling.py  per-step cost of DEADiff vs unpatched SD1.5 and vs the floor, K/V reuse, memory
-# On the CI machine class (2 cores, no GPU) both take about 8 minutes in total on an idle machine; other
-# work on the machine slows every figure (compare figures within one run only).
+# On the CI machine class (2 cores, no GPU) both take about 5.5 minutes in total (325 s in the run
+# docs/performance.md quotes); other work on the machine slows every figure (compare figures within one
+# run only).
 #
 #   bash bench/run_all.sh            # the full run (what docs/benchmarks.md and docs/performance.md quote)
 #   bash bench/run_all.sh --quick    # a smoke run: tiny DEADiff dims for bench_core, 32x32 only for sampling

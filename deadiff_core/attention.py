@@ -1,4 +1,4 @@
-"""The attention of one DEADiff site (SPEC §4).
+"""The attention of one DEADiff site (docs/design.md §6).
 
 Image tokens do not get an attention of their own: their keys and values are appended to the text
 keys and values and ONE softmax runs over both. Zero tokens are real tokens (their keys are zero, so

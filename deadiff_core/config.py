@@ -6,6 +6,7 @@ same code. Heads are width / 64 for both CLIP and BERT, as in the official model
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .routing import SITES
@@ -31,7 +32,7 @@ class DEADiffConfig:
     encoder_hidden: int
     proj_intermediate: int
     context_dim: int
-    site_widths: dict = field(default_factory=dict)
+    site_widths: dict[str, int] = field(default_factory=dict)  # site name -> width
     shared_vision: bool = True
 
     @property
@@ -42,11 +43,11 @@ class DEADiffConfig:
     def qformer_heads(self) -> int:
         return self.qformer_hidden // HEAD_WIDTH
 
-    def as_metadata(self) -> dict:
+    def as_metadata(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items()}
 
 
-def count_layers(keys, prefix: str) -> int:
+def count_layers(keys: Iterable[str], prefix: str) -> int:
     """Number of consecutive numbered blocks `prefix{i}.` present in `keys`."""
     found = {int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
     n = 0
@@ -55,7 +56,7 @@ def count_layers(keys, prefix: str) -> int:
     return n
 
 
-def infer_config(shapes: dict, shared_vision: bool) -> DEADiffConfig:
+def infer_config(shapes: dict[str, tuple[int, ...]], shared_vision: bool) -> DEADiffConfig:
     """shapes: official key -> shape (tuple) of the tensors we keep."""
     conv = shapes[VISION + "conv1.weight"]                      # (width, 3, patch, patch)
     positions = shapes[VISION + "positional_embedding"][0]      # 1 + grid * grid

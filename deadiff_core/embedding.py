@@ -36,10 +36,10 @@ class DEADiffTokens:
     tokens: torch.Tensor      # (references, tokens, width), on ComfyUI's intermediate device
     source: str               # fingerprint of the DEADiff weights that made them (see checkpoint.py)
     per_latent: bool = False  # True: reference i conditions latent i; False: all references act together
-    references: tuple = ()    # sha256 of each reference image, for provenance in saved files
+    references: tuple[str, ...] = ()  # sha256 of each reference image, for provenance in saved files
     source_name: str = ""     # the DEADiff file's name, for error messages
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
             raise TokensError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
         if self.tokens.ndim != 3 or 0 in self.tokens.shape:
@@ -66,13 +66,13 @@ class DEADiffTokens:
         raise TokensError(f"batch mode must be one of {BATCH_MODES}, got {mode!r}")
 
 
-def image_sha256(images: torch.Tensor) -> tuple:
+def image_sha256(images: torch.Tensor) -> tuple[str, ...]:
     """One hash per image of a ComfyUI IMAGE batch (its float pixels, as the encoder saw them)."""
     return tuple(hashlib.sha256(img.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
                  for img in images)
 
 
-def mix(inputs: list, weights: list, mode: str) -> DEADiffTokens:
+def mix(inputs: list[DEADiffTokens], weights: list[float], mode: str) -> DEADiffTokens:
     """Combine token sets of one branch. Weighted sum: the BLIP-Diffusion blend, weights normalised
     to add up to 1 (all sets need the same token count). Concatenate: every set's tokens side by
     side, each scaled by its weight (a weight acts like Apply's strength for that set)."""
@@ -120,7 +120,7 @@ def save_tokens(path: str, tokens: DEADiffTokens) -> None:
     save_file({"tokens": tokens.tokens.detach().float().cpu().contiguous()}, path, metadata=metadata)
 
 
-def load_tokens(path: str) -> tuple[DEADiffTokens, dict]:
+def load_tokens(path: str) -> tuple[DEADiffTokens, dict[str, str]]:
     """Tokens saved by `save_tokens`, and the file's metadata; a clear error for anything else."""
     try:
         with safe_open(path, framework="pt") as f:
@@ -139,7 +139,8 @@ def load_tokens(path: str) -> tuple[DEADiffTokens, dict]:
     except TokensError:
         raise
     except Exception as e:
-        raise TokensError(f"{path} cannot be read as a .safetensors file ({e}); it is truncated or not a tokens file") from e
+        raise TokensError(
+            f"{path} cannot be read as a .safetensors file ({e}); it is truncated or not a tokens file") from e
     if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
         raise TokensError(f"{path}: its tokens are not finite floating-point numbers; the file is corrupt")
     try:

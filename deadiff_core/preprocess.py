@@ -1,4 +1,4 @@
-"""Reference images -> CLIP pixels, as the official code prepares them (SPEC §2 steps 1-2), plus two
+"""Reference images -> CLIP pixels, as the official code prepares them (docs/design.md §2), plus two
 ways to keep the aspect ratio.
 
 The official code squashes every reference to 224x224 (aspect not kept); that is `squash`, the

@@ -16,7 +16,7 @@ class QuickGELU(nn.Module):
 class ProjLayer(nn.Module):
     """Pre-norm MLP with a residual on the raw input: y = x + dense2(QuickGELU(dense1(LayerNorm(x))))."""
 
-    def __init__(self, hidden: int, intermediate: int):
+    def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
         self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
         self.dense1 = nn.Linear(hidden, intermediate)
@@ -28,7 +28,7 @@ class ProjLayer(nn.Module):
 
 
 class SiteProjection(nn.Module):
-    def __init__(self, context_dim: int, width: int):
+    def __init__(self, context_dim: int, width: int) -> None:
         super().__init__()
         self.i_to_k = nn.Linear(context_dim, width, bias=False)
         self.i_to_v = nn.Linear(context_dim, width, bias=False)
@@ -37,7 +37,7 @@ class SiteProjection(nn.Module):
 class SiteProjections(nn.Module):
     """The 32 bias-free projections of image tokens into each cross-attention site's keys and values."""
 
-    def __init__(self, c: DEADiffConfig):
+    def __init__(self, c: DEADiffConfig) -> None:
         super().__init__()
         self.sites = nn.ModuleDict({s.name: SiteProjection(c.context_dim, c.site_widths[s.name]) for s in SITES})
 
@@ -52,6 +52,6 @@ class SiteProjections(nn.Module):
         i_to_k, i_to_v = self.layers(site_name)
         return i_to_k.weight, i_to_v.weight
 
-    def load_official(self, tensors: dict, assign: bool = True) -> None:
+    def load_official(self, tensors: dict[str, torch.Tensor], assign: bool = True) -> None:
         self.sites.load_state_dict({f"{s.name}.{p}.weight": tensors[s.checkpoint_prefix + f"{p}.weight"]
                                     for s in SITES for p in ("i_to_k", "i_to_v")}, strict=True, assign=assign)

@@ -1,7 +1,7 @@
 """The 16 SD1.5 cross-attention sites and which DEADiff branch each one listens to.
 
 DEADiff's disentangled conditioning sends style tokens to the fine (high-resolution) layers and
-content tokens to the coarse ones (SPEC §3). Sites are named by their LDM block so that checkpoint
+content tokens to the coarse ones (docs/design.md §5). Sites are named by their LDM block so that checkpoint
 keys, ComfyUI patch keys and user-facing routing strings all agree.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ BRANCHES = (STYLE, CONTENT)
 class Site:
     index: int            # position 0..15 in the official ordering
     ldm_block: str        # "input_blocks.1", "middle_block", "output_blocks.9"
-    comfy_block: tuple    # ComfyUI's transformer_options["block"]: ("input", 1), ("middle", 0)
+    comfy_block: tuple[str, int]  # ComfyUI's transformer_options["block"]: ("input", 1), ("middle", 0)
     branch: str           # STYLE or CONTENT under the official split
 
     @property
@@ -40,7 +40,7 @@ _ORDER = (
 )
 
 
-def _ldm_block(comfy_block: tuple) -> str:
+def _ldm_block(comfy_block: tuple[str, int]) -> str:
     kind, number = comfy_block
     return "middle_block" if kind == "middle" else f"{kind}_blocks.{number}"
 
@@ -83,9 +83,9 @@ class RoutingError(ValueError):
 
 class Routing:
     """Which branch's tokens each site attends to, and with what extra scale. The default is the
-    official split (SPEC §3) at scale 1."""
+    official split (docs/design.md §5) at scale 1."""
 
-    def __init__(self, routes: dict):
+    def __init__(self, routes: dict[str, Route | None]) -> None:
         self.routes = {s.name: routes.get(s.name) for s in SITES}  # site name -> Route, or None (off)
 
     @classmethod
@@ -96,7 +96,7 @@ class Routing:
     def is_official(self) -> bool:
         return self.routes == Routing.official().routes
 
-    def route(self, site: Site):
+    def route(self, site: Site) -> Route | None:
         return self.routes[site.name]
 
     @classmethod
@@ -129,7 +129,7 @@ class Routing:
         return ", ".join(parts)
 
 
-def _parse_value(value: str, current, site: Site, entry: str):
+def _parse_value(value: str, current: Route | None, site: Site, entry: str) -> Route | None:
     if value == OFF:
         return None
     branch, _, scale_text = value.partition("*")

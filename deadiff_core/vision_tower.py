@@ -13,13 +13,13 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from .config import DEADiffConfig
 
 
-def _eager(config):
+def _eager(config: CLIPVisionConfig) -> CLIPVisionConfig:
     config._attn_implementation = "eager"
     return config
 
 
 class VisionTower(nn.Module):
-    def __init__(self, c: DEADiffConfig):
+    def __init__(self, c: DEADiffConfig) -> None:
         super().__init__()
         self.clip = CLIPVisionModel(_eager(CLIPVisionConfig(
             hidden_size=c.vision_width, intermediate_size=4 * c.vision_width, num_hidden_layers=c.vision_layers,
@@ -36,7 +36,7 @@ class VisionTower(nn.Module):
         hidden = self.clip(pixel_values=pixels).last_hidden_state  # all 1 + grid^2 tokens, no post-LN
         return self.ln_vision(hidden)
 
-    def load_official(self, tensors: dict, prefix: str, assign: bool = True) -> None:
+    def load_official(self, tensors: dict[str, torch.Tensor], prefix: str, assign: bool = True) -> None:
         """Load `{prefix}visual_encoder.*` and `{prefix}ln_vision.*` (LAVIS names)."""
         v = prefix + "visual_encoder."
         hf = {

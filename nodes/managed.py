@@ -7,7 +7,7 @@ when called, and each part is wrapped in the ModelPatcher class ComfyUI itself p
 system memory and are streamed into VRAM as the layers run, and ComfyUI frees them when it needs the
 space. Elsewhere (0.3.75, --cpu, no DynamicVRAM) it is the classic ModelPatcher.
 
-Two patchers: the encoders (vision tower + Q-Formers, about 1.2 GB in fp16), loaded by the encoder
+Two patchers: the encoders (vision tower + Q-Formers, about 1.4 GB in fp16), loaded by the encoder
 nodes; the 32 per-site projections (tens of MB), loaded with the UNet during sampling because the
 attention patch hands them to ComfyUI through `models()`. Nothing here unloads a model by hand:
 ComfyUI unloads (or, with DynamicVRAM, evicts) them on demand, as it does its own.

@@ -1,7 +1,7 @@
 """Synthetic DEADiff checkpoints in the exact official key layout, at any (tiny) dimensions.
 
-Written from SPEC §5 and the official key list (tests/data/deadiff_checkpoint_keys.tsv, a copy of
-shared/deadiff_checkpoint_keys.tsv): the DEADiff parts are generated from their dimensions, the
+Written from docs/design.md §9 and the official key list (tests/data/deadiff_checkpoint_keys.tsv, the
+layout the official code saves): the DEADiff parts are generated from their dimensions, the
 frozen SD1.5 parts (UNet, VAE, text encoder, schedule buffers) keep their official names with tiny
 placeholder tensors, since a loader must drop them anyway. `official_shapes(FULL_SIZE)` reproduces
 the official key list and shapes exactly (a test checks it).
@@ -99,7 +99,8 @@ def official_shapes(vision_width=64, vision_layers=2, patch_size=32, image_size=
                                a + "self.query.bias": (h,), a + "self.query.weight": (h, h),
                                a + "self.value.bias": (h,), a + "self.value.weight": (h, kv)})
             for s in ("", "_query"):
-                shapes.update({layer + f"intermediate{s}.dense.bias": (f,), layer + f"intermediate{s}.dense.weight": (f, h),
+                shapes.update({layer + f"intermediate{s}.dense.bias": (f,),
+                               layer + f"intermediate{s}.dense.weight": (f, h),
                                layer + f"output{s}.LayerNorm.bias": (h,), layer + f"output{s}.LayerNorm.weight": (h,),
                                layer + f"output{s}.dense.bias": (h,), layer + f"output{s}.dense.weight": (h, f)})
         p = f"{branch}_proj_layer."

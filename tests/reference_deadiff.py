@@ -1,7 +1,7 @@
-"""SPEC §2 and §4 written out in plain torch from the raw official keys: no transformers, no pack code.
+"""docs/design.md §2-§4 and §6 written out in plain torch from the raw official keys: no transformers, no pack code.
 
 The encoders and the attention patch are compared against this, so it is kept as literal as
-possible: one function per step of the spec, loops instead of cleverness.
+possible: one function per step of the design document, loops instead of cleverness.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def attention_with_bias(q, k, v, heads, bias):
 
 
 def site_attention(q, k_text, v_text, image_tokens, i_to_k, i_to_v, heads):
-    """SPEC §4: K = [k_text; w * E @ i_to_k^T ...], V likewise, one softmax over all keys.
+    """docs/design.md §6: K = [k_text; w * E @ i_to_k^T ...], V likewise, one softmax over all keys.
     image_tokens: [(E of shape (1 or B, N, C), w), ...], one entry per set of image tokens."""
     keys, values = [k_text], [v_text]
     for tokens, weight in image_tokens:
@@ -63,7 +63,7 @@ def quick_gelu(x):
 
 def vision(sd, prefix, px):
     """LAVIS CLIP ViT: conv patches, class token, positions, ln_pre, pre-LN blocks, then ln_vision."""
-    g = lambda name: sd[prefix + name].float()  # noqa: E731
+    g = lambda name: sd[prefix + name].float()  # noqa: E731  (a one-line accessor, kept as literal as the rest)
     v = "visual_encoder."
     w = g(v + "conv1.weight")
     x = F.conv2d(px, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)
@@ -133,7 +133,7 @@ def proj_layer(sd, prefix, x):
 
 @torch.no_grad()
 def encode(sd, images, branch):
-    """(B, H, W, C) images -> (B, 16, 768)-shaped tokens of `branch`, exactly as SPEC §2 describes."""
+    """(B, H, W, C) images -> (B, 16, 768)-shaped tokens of `branch`, exactly as docs/design.md §2-§4 describe."""
     blip = f"{branch}_blip."
     patch = sd[blip + "visual_encoder.conv1.weight"].shape[-1]
     grid = math.isqrt(sd[blip + "visual_encoder.positional_embedding"].shape[0] - 1)

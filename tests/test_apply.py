@@ -1,4 +1,4 @@
-"""Apply Disentangled Conditioning inside a real ComfyUI, checked against a plain reference of SPEC §3-§4.
+"""Apply Disentangled Conditioning inside a real ComfyUI, checked against a plain reference of docs/design.md §5-§6.
 
 The reference is written from the spec alone: a copy of the same UNet whose 16 cross-attention
 modules are replaced by a textbook attention over [text keys; w * E @ i_to_k^T] (and values), with
@@ -24,16 +24,16 @@ SITE_BLOCKS = ["input_blocks.1", "input_blocks.2", "input_blocks.4", "input_bloc
                "input_blocks.8", "middle_block", *[f"output_blocks.{i}" for i in range(3, 12)]]
 
 
-# ---------------------------------------------------------------- the plain reference of SPEC §4
+# ---------------------------------------------------------------- the plain reference of docs/design.md §6
 
 class ReferenceCrossAttention(torch.nn.Module):
-    """SPEC §4 for one site: K = [to_k(T); w*i_to_k(E)], V = [to_v(T); w*i_to_v(E)], one softmax."""
+    """docs/design.md §6 for one site: K = [to_k(T); w*i_to_k(E)], V = [to_v(T); w*i_to_v(E)], one softmax."""
 
     def __init__(self, original, i_to_k, i_to_v, state):
         super().__init__()
         self.original, self.i_to_k, self.i_to_v, self.state = original, i_to_k, i_to_v, state
 
-    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
+    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006  (ComfyUI's signature; never mutated)
         a = self.original
         q, k, v = a.to_q(x), a.to_k(context), a.to_v(context if value is None else value)
         out = ref.site_attention(q, k, v, self.state["tokens"](self), self.i_to_k, self.i_to_v, a.heads)

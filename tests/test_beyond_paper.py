@@ -1,5 +1,5 @@
-"""Beyond the paper (issue #6): regional masks, mixing, reference batches, saved tokens, routing and a
-negative reference, in the real ComfyUI. Each site's output is compared with the plain SPEC §4
+"""Beyond the paper (docs/design.md §7): regional masks, mixing, reference batches, saved tokens, routing and a
+negative reference, in the real ComfyUI. Each site's output is compared with the plain docs/design.md §6
 reference (tests/reference_deadiff.py) fed with what the feature should mean."""
 from __future__ import annotations
 
@@ -174,8 +174,6 @@ def test_mix_refuses_what_cannot_be_mixed(comfy, setup):
 # ------------------------------------------------------------------ saved tokens
 
 def test_save_and_load_tokens_through_the_executor(comfy, setup):
-    import folder_paths
-
     g = Graph()
     loader = g.node("DEADiffModelLoader", deadiff_name="tiny_beyond.ckpt")
     images = g.node("DEADiffTest_ImageFromSeed", seed=21, width=48, height=40, batch_size=2, channels=3)
@@ -317,7 +315,8 @@ def test_one_reference_per_latent_end_to_end(comfy, setup):
         g["img"] = {"class_type": "DEADiffTest_ImageFromSeed",
                     "inputs": {"seed": 21, "width": 48, "height": 40, "batch_size": 2, "channels": 3}}
         for name, index in (("a", first), ("b", second)):
-            g[name] = {"class_type": "ImageFromBatch", "inputs": {"image": ["img", 0], "batch_index": index, "length": 1}}
+            g[name] = {"class_type": "ImageFromBatch",
+                       "inputs": {"image": ["img", 0], "batch_index": index, "length": 1}}
         g["refs"] = {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}}
         g["style"] = {"class_type": "DEADiffStyleEncoder",
                       "inputs": {"deadiff": ["dd", 0], "image": ["refs", 0], "batch_mode": "one per latent"}}

@@ -99,7 +99,8 @@ def test_dimensions_are_inferred_from_shapes(tmp_path_factory, vision_width, vis
         num_query_tokens=queries, vocab_size=4200, max_positions=8, model_channels=channels)
     path = deadiff_fakes.write_official_safetensors(tmp_path_factory.mktemp("dims") / "d.safetensors", sd)
     _, c, _ = read_deadiff_tensors(str(path))
-    assert (c.vision_width, c.vision_layers, c.patch_size, c.image_size) == (vision_width, vision_layers, patch, patch * 4)
+    dims = (c.vision_width, c.vision_layers, c.patch_size, c.image_size)
+    assert dims == (vision_width, vision_layers, patch, patch * 4)
     assert (c.qformer_hidden, c.qformer_layers, c.qformer_intermediate) == (hidden, layers, intermediate)
     assert (c.num_query_tokens, c.vocab_size, c.max_positions, c.encoder_hidden) == (queries, 4200, 8, vision_width)
     assert c.context_dim == hidden and c.proj_intermediate == 4 * hidden
@@ -163,7 +164,7 @@ def test_state_dict_at_top_level_is_accepted(files, tmp_path):
 # ------------------------------------------------------------------ the fakes are the official layout
 
 def test_fakes_at_full_size_reproduce_the_official_key_list():
-    """Every key, shape and dtype of shared/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
+    """Every key, shape and dtype of tests/data/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
     generated = deadiff_fakes.official_shapes(**deadiff_fakes.FULL_SIZE)
     frozen = {k for k in (row[0] for row in deadiff_fakes.official_table()) if k not in generated}
     assert len(generated) + len(frozen) == 2562
@@ -199,7 +200,7 @@ def test_only_the_kept_records_of_a_ckpt_are_read(files, tmp_path):
             out.writestr(source.getinfo(name), source.read(name))
     assert dropped >= len([k for k in sd_keys if k.startswith("model.diffusion_model.input_blocks.0")])
     assert torch.equal(tokens(load_deadiff(hollow)), tokens(load_deadiff(files["ckpt"])))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (any failure will do: the dropped records are gone)
         torch.load(hollow, weights_only=False)
 
 

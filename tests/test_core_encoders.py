@@ -1,4 +1,4 @@
-"""deadiff_core's encoders against the plain reference of SPEC §2 (tests/reference_deadiff.py)."""
+"""deadiff_core's encoders against the plain reference of docs/design.md §2-§4 (tests/reference_deadiff.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,7 +67,7 @@ def test_style_and_content_differ_and_text_ffn_matters(tmp_path, official):
 
 
 def test_preprocessing_follows_pil_bicubic_squash():
-    """SPEC §2: PIL bicubic to 224x224 without crop. Our float path agrees with PIL on 8-bit images
+    """docs/design.md §2: PIL bicubic to 224x224 without crop. Our float path agrees with PIL on 8-bit images
     to within PIL's own 8-bit rounding (plus a little at hard edges, where PIL clips each pass)."""
     rng = np.random.default_rng(0)
     smooth = (rng.random((4, 6, 3)) * 255).astype(np.uint8)

@@ -34,7 +34,7 @@ SAVED, LOAD_SAVED = "deadiff_saved_style", "deadiff_load_saved_style"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 DEADIFF = "deadiff_v1.ckpt"
 CANNY = "control_v11p_sd15_canny.pth"
-# SPEC §4, written out here rather than imported, so a change to the examples cannot pass by itself
+# docs/design.md §6, written out here rather than imported, so a change to the examples cannot pass by itself
 OFFICIAL_NEGATIVE = ("over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
                      "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, bad "
                      "proportions, deformed, blurry, duplicate")

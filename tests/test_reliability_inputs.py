@@ -36,7 +36,8 @@ def seed_image(seed=9, width=64, height=64, batch_size=1, channels=3):
                             batch_size=batch_size, channels=channels)
 
 
-def build(deadiff_name, *, image=seed_image(), apply=True, style=True, content=False, mask=None, latent_batch=1,
+# the default image is a node-making function, made once and never modified (hence the noqa)
+def build(deadiff_name, *, image=seed_image(), apply=True, style=True, content=False, mask=None, latent_batch=1,  # noqa: B008
           steps=2, cfg=4.0, style_weight=1.0, content_weight=1.0, start_at=0.0, end_at=1.0,
           positive=POSITIVE, negative=NEGATIVE):
     """tiny SD1.5 -> [DEADiff Apply] -> KSampler (euler, 64x64); returns (prompt, nodes by role)."""

@@ -1,4 +1,4 @@
-"""One site's attn2 patch, called the way ComfyUI's BasicTransformerBlock calls it, against SPEC §4."""
+"""One site's attn2 patch, called the way ComfyUI's BasicTransformerBlock calls it, against docs/design.md §6."""
 from __future__ import annotations
 
 import copy

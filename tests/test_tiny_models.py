@@ -252,7 +252,8 @@ def test_same_seed_builds_bit_identical_weights(comfy, pack):
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
     assert all(torch.isfinite(v).all() for v in first.values() if v.is_floating_point())
-    assert torch.equal(pack.taesd_state_dict(4)["taesd_decoder.1.weight"], pack.taesd_state_dict(4)["taesd_decoder.1.weight"])
+    decoder = "taesd_decoder.1.weight"
+    assert torch.equal(pack.taesd_state_dict(4)[decoder], pack.taesd_state_dict(4)[decoder])
 
 
 def test_tiny_sdxl_is_a_real_sdxl_model(comfy):

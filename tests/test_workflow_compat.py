@@ -18,7 +18,7 @@ def test_encoders_saved_without_batch_mode_convert_and_validate(comfy):
     for node in encoders:
         node["widgets_values"] = []  # as the pack's first release saved them
     prompt = to_api(comfy, workflow)
-    for node_id, node in prompt.items():
+    for node in prompt.values():
         if node["class_type"] == "DEADiffStyleEncoder":
             assert "batch_mode" not in node["inputs"], "a missing optional widget keeps the node's default"
     valid = comfy.validate(prompt)

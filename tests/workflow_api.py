@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from deadiff_runner.workflow_api import (  # noqa: E402,F401
+from deadiff_runner.workflow_api import (  # noqa: E402,F401  (after the sys.path line above; re-exported)
     CONTROL_VALUES,
     VIRTUAL_NODE_TYPES,
     MissingNodeTypes,
