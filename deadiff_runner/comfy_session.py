@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from .comfy_executor import prompt_executor
+
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "ComfyUI-DEADiff"
 # Test-only hook (see deadiff_runner.cli): a folder of test nodes to load next to the pack.
@@ -240,7 +242,7 @@ class Session:
         sink = _Sink(reporter)
         self.comfy_utils.set_progress_bar_enabled(False)  # one bar per node from our hook instead
         self.comfy_utils.set_progress_bar_global_hook(reporter.step)
-        executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        executor = prompt_executor(sink)  # configured as this ComfyUI's main.py configures its own
         extra_data = {"client_id": "deadiff-runner"}
         if workflow is not None:
             extra_data["extra_pnginfo"] = {"workflow": workflow}
