@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from .comfy_executor import prompt_executor
+
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_FOLDER_NAME = "ComfyUI-DEADiff"
 # Test-only hook (see deadiff_runner.cli): a folder of test nodes to load next to the pack.
@@ -245,8 +247,8 @@ class Session:
         self.comfy_utils.set_progress_bar_enabled(False)  # one bar per node from our hook instead
         self.comfy_utils.set_progress_bar_global_hook(reporter.step)
         executor = getattr(self, "_executor", None)
-        if executor is None:
-            executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        if executor is None:  # one executor for the session: its cache serves the loaders to later jobs
+            executor = prompt_executor(sink)  # configured as this ComfyUI's main.py configures its own
             self._executor = executor
         executor.server = sink
         extra_data = {"client_id": "deadiff-runner"}

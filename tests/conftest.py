@@ -40,15 +40,26 @@ PACK_DIR_NAME = "ComfyUI-DEADiff"
 CACHE = Path(os.environ.get("DEADIFF_CACHE", Path.home() / ".cache" / "comfyui-deadiff"))
 
 
+def _load_repo_module(name: str, relative: str):
+    """A module of this repository by file (the repository root itself is never put on sys.path: its
+    `nodes` package would shadow ComfyUI's nodes module)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the executor construction the runner uses too: ComfyUI's main.py, repeated (see its docstring)
+comfy_executor = _load_repo_module("deadiff_comfy_executor", "deadiff_runner/comfy_executor.py")
+
+
 def comfyui_dir() -> Path:
     if os.environ.get("COMFYUI_DIR"):
         path = Path(os.environ["COMFYUI_DIR"]).resolve()
         if not (path / "comfyui_version.py").is_file():
             raise pytest.UsageError(f"COMFYUI_DIR={path} is not a ComfyUI checkout (no comfyui_version.py)")
         return path
-    spec = importlib.util.spec_from_file_location("fetch_comfyui", REPO / "scripts" / "fetch_comfyui.py")
-    fetch_comfyui = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetch_comfyui)
+    fetch_comfyui = _load_repo_module("fetch_comfyui", "scripts/fetch_comfyui.py")
     return Path(fetch_comfyui.fetch(str(CACHE / f"ComfyUI-{fetch_comfyui.COMFYUI_VERSION}")))
 
 
@@ -99,6 +110,10 @@ class InProcessComfy:
 
         # before anything imports comfy.model_management or folder_paths
         args.cpu = True
+        # as a user passing --cache-classic (an option of every ComfyUI): `run` reads every node's
+        # outputs after the run, which the classic cache keeps for the whole prompt whatever the free
+        # RAM (the RAM-pressure cache, newer ComfyUIs' default, may drop them on a busy machine)
+        args.cache_classic = True
         args.base_directory = str(base)
         args.disable_auto_launch = True
         import folder_paths  # noqa: F401  (reads args.base_directory at import)
@@ -135,7 +150,7 @@ class InProcessComfy:
         if not valid[0]:
             raise GraphError(f"ComfyUI refused the prompt: {valid[1]} {valid[3]}", valid)
         sink = MessageSink()
-        executor = self.execution.PromptExecutor(sink, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        executor = comfy_executor.prompt_executor(sink)
         executor.execute(prompt, str(uuid.uuid4()), extra_data={}, execute_outputs=valid[2])
         self.last_sink = sink
         errors = [data for event, data in executor.status_messages if event == "execution_error"]
@@ -146,7 +161,7 @@ class InProcessComfy:
             )
         results = {}
         for node_id in prompt:
-            entry = executor.caches.outputs.get(node_id)
+            entry = comfy_executor.cached_outputs(executor, node_id)
             if entry is not None:
                 results[node_id] = tuple(out[0] if out else None for out in entry.outputs)
         return results
@@ -155,9 +170,46 @@ class InProcessComfy:
 @pytest.fixture(scope="session")
 def comfy() -> InProcessComfy:
     base = make_base_directory("deadiff-comfy-")
-    instance = InProcessComfy(comfyui_dir(), base)
-    yield instance
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield InProcessComfy(comfyui_dir(), base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def front_end_args() -> list[str]:
+    """`--front-end-root DIR` when $DEADIFF_FRONT_END_ROOT names another front end to serve (scripts/test.sh
+    sets it from COMFYUI_FRONTEND); otherwise the server serves the comfyui-frontend-package installed
+    with its own requirements."""
+    root = os.environ.get("DEADIFF_FRONT_END_ROOT")
+    if not root:
+        return []
+    if not (Path(root) / "index.html").is_file():
+        raise pytest.UsageError(f"DEADIFF_FRONT_END_ROOT={root} holds no front end (no index.html)")
+    return ["--front-end-root", root]
+
+
+def front_end_version() -> str:
+    """The version of the front end the test servers serve."""
+    from importlib import metadata
+
+    root = os.environ.get("DEADIFF_FRONT_END_ROOT")
+    if root:
+        # <target>/comfyui_frontend_package/static -> <target>/comfyui_frontend_package-X.Y.Z.dist-info
+        for dist in metadata.distributions(path=[str(Path(root).parent.parent)]):
+            if dist.metadata["Name"].lower().replace("_", "-") == "comfyui-frontend-package":
+                return dist.version
+        return "unknown"
+    try:
+        return metadata.version("comfyui-frontend-package")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config):
+    root = comfyui_dir()
+    version = _load_repo_module("fetch_comfyui", "scripts/fetch_comfyui.py").installed_version(str(root))
+    served = " (DEADIFF_FRONT_END_ROOT)" if os.environ.get("DEADIFF_FRONT_END_ROOT") else ""
+    return [f"ComfyUI {version} at {root}", f"front end: comfyui-frontend-package {front_end_version()}{served}"]
 
 
 def free_port() -> int:
@@ -169,14 +221,16 @@ def free_port() -> int:
 class ComfyServer:
     """The real ComfyUI server in a subprocess; small JSON helpers over its HTTP API."""
 
-    def __init__(self, root: Path, base: Path):
+    def __init__(self, root: Path, base: Path, extra_args=()):
         self.base = base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "wb")
+        # started as a user starts it: ComfyUI's main.py with command-line options, nothing patched
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(base), "--disable-auto-launch", "--dont-print-server"]
+               "--base-directory", str(base), "--disable-auto-launch", "--dont-print-server",
+               *front_end_args(), *extra_args]
         self.process = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + 180
@@ -278,9 +332,14 @@ def execution_error(entry: dict) -> dict | None:
     return None
 
 
-def start_server(prefix: str = "deadiff-extra-") -> ComfyServer:
+def start_server(prefix: str = "deadiff-extra-", extra_args=()) -> ComfyServer:
     """Another real server with its own base directory (stop it with `stop_server`)."""
-    return ComfyServer(comfyui_dir(), make_base_directory(prefix))
+    base = make_base_directory(prefix)
+    try:
+        return ComfyServer(comfyui_dir(), base, extra_args)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
 
 
 def stop_server(server: ComfyServer) -> None:
@@ -290,11 +349,11 @@ def stop_server(server: ComfyServer) -> None:
 
 @pytest.fixture(scope="session")
 def comfy_server():
-    base = make_base_directory("deadiff-server-")
-    server = ComfyServer(comfyui_dir(), base)
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    server = start_server("deadiff-server-")
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture(autouse=True)
