@@ -31,4 +31,4 @@ fi
 transformers.__version__, 'safetensors', safetensors.__version__, 'einops', einops.__version__, 'torch', torch.__version__)"
 cd "$repo"
 exec "$venv/bin/python" -m pytest tests/test_core_checkpoint.py tests/test_core_embedding.py \
-    tests/test_core_encoders.py "$@"
+    tests/test_core_encoders.py tests/test_core_preprocess_options.py tests/test_core_load_progress.py "$@"
