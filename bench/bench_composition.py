@@ -8,7 +8,9 @@ ratio to DEADiff alone, every figure measured in the same run:
 - attn2 replay: the 16 cross-attention calls of one step (cond + uncond, batch 2) with SD1.5's real
   shapes, through each variant's own patch objects: plain attention, DEADiff alone, the other patch
   alone (the test pack's IPAdapter_plus stand-in: 15 sites, its ("middle", 1) key never runs) and
-  both combined. extra = combined - DEADiff - (other - plain), the cost of the plain attentions.
+  both combined. extra = combined - DEADiff alone - other alone: the one plain attention per site that
+  combining adds to running both patches (expected: plain attention x 15/16). A fused implementation
+  would also skip the other patch's own plain attention, which combining computes and cancels.
 - step: the wall time of one model call in a real KSampler run (full-size SD1.5 UNet, random weights)
   for DEADiff alone and DEADiff + the other pack; noisy on a shared machine (+-5%), which is why the
   replay isolates the extra cost.
@@ -118,6 +120,7 @@ def main() -> None:
 
     session = Session(comfyui_dir(), log_level=logging.ERROR)
     import comfy.model_management as mm
+    import comfy.patcher_extension
     import comfy.sample
     from comfy.ldm.modules.attention import optimized_attention
 
@@ -127,8 +130,6 @@ def main() -> None:
     dtype = torch.float16 if cuda else torch.float32
     size = args.size or (64 if cuda else 32)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    tiny_models = sys.modules[nodes["DEADiffTest_TinySD15"].__module__].tiny_models if hasattr(
-        sys.modules[nodes["DEADiffTest_TinySD15"].__module__], "tiny_models") else None
     import importlib
 
     tiny_models = importlib.import_module(nodes["DEADiffTest_TinySD15"].__module__.rsplit(".", 1)[0] + ".tiny_models")
@@ -167,7 +168,7 @@ def main() -> None:
     def lookup(replace):  # what ComfyUI's transformer block runs at each site
         return {block: replace.get(block + (0,)) or replace.get(block) or plain for block in inputs}
 
-    composer = both.get_wrappers(composition.WRAPPER_KEY and "diffusion_model", composition.WRAPPER_KEY)[-1]
+    composer = both.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, composition.WRAPPER_KEY)[-1]
     variants = {
         "plain attention": {block: plain for block in inputs},
         "DEADiff alone": lookup(attn2(dd)),
@@ -182,13 +183,15 @@ def main() -> None:
         for label, patches in variants.items():
             times[label].append(replay(patches, inputs, sync))
     med = {label: statistics.median(t) for label, t in times.items()}
-    extra = med["DEADiff + other pack"] - med["DEADiff alone"] - (med["other pack alone"] - med["plain attention"])
+    extra = med["DEADiff + other pack"] - med["DEADiff alone"] - med["other pack alone"]
     log(f"\nattn2 replay, 16 sites, batch 2 (median of {args.rounds}); the other pack combined at {composed_sites} sites")
     for label, t in med.items():
         log(f"  {label:<24} {t * 1e3:9.2f} ms   {t / med['DEADiff alone']:6.3f} x DEADiff alone")
     log(f"  extra cost of combining  {extra * 1e3:9.2f} ms   {extra / med['DEADiff alone']:6.3f} x DEADiff alone's "
         f"attn2 time (one plain attention at each of {composed_sites} sites: "
         f"{(med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms expected)")
+    log(f"  (combined - DEADiff - the other pack's added term = {(extra + med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms: "
+        "the extra plain attention and the other patch's own, which it cancels)")
 
     if args.no_steps:
         return
@@ -213,8 +216,9 @@ def main() -> None:
     log(f"\nKSampler step (cond + uncond), median of {args.step_rounds} runs x {args.steps} steps")
     for label, t in step.items():
         log(f"  {label:<24} {t * 1e3:9.1f} ms   {t / step['DEADiff alone']:6.3f} x DEADiff alone")
-    log(f"  extra cost of combining (from the replay) = {extra / step['DEADiff alone'] * 100:.2f} % of a DEADiff step; "
-        f"the other pack's own attention adds {(med['other pack alone'] - med['plain attention']) / step['DEADiff alone'] * 100:.2f} %")
+    log(f"  extra cost of combining (from the replay) = {extra / step['DEADiff alone'] * 100:.2f} % of a DEADiff step "
+        f"(the other pack's patch itself: {(med['other pack alone'] - med['plain attention']) / step['DEADiff alone'] * 100:.2f} % "
+        "over plain attention)")
 
 
 if __name__ == "__main__":

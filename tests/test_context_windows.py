@@ -13,6 +13,8 @@ handler and windows with only that lookup done the later way (DEADiffTest_BatchC
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -222,3 +224,35 @@ def test_without_a_window_nothing_changes_and_wrong_sizes_are_named(per_latent_p
                   context_window=Window(range(12, 20), total_frames=20))
     with pytest.raises(ValueError, match=r"tokens: 16 given.*at least 20 images"):
         call_site(s["patch"], q8, k[:16], v[:16], (0, 1), [16, 32, 3, 4], context_window=Window(range(12, 20)))
+
+
+@pytest.mark.parametrize("schedule", ["standard_static", "standard_uniform", "looped_uniform", "batched"])
+def test_window_indices_are_the_latents_comfys_handler_slices(comfy, schedule):
+    """ComfyUI's own context-window handler (this ComfyUI's comfy/context_windows.py, with its defaults:
+    newer versions put the frame before a window in front of it) runs a stand-in of the cond batch on a
+    16-latent batch whose latent i holds the value i: for every window of every step, the indices DEADiff
+    reads from the window the handler hands the patches are the latents it sliced."""
+    import comfy.context_windows as cw
+
+    latent_window = sys.modules[comfy.pack.__name__.rsplit(".", 1)[0] + ".latent_window"].latent_window
+    handler = cw.IndexListContextHandler(cw.get_matching_context_schedule(schedule),
+                                         cw.get_matching_fuse_method("pyramid"), context_length=WINDOW,
+                                         context_overlap=4, dim=0)
+    model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0].model
+    x = torch.arange(float(LATENTS)).view(LATENTS, 1, 1, 1).expand(LATENTS, 4, 2, 2).contiguous()
+    sigmas = torch.tensor([10.0, 5.0, 1.0, 0.0])
+    seen = []
+
+    def cond_batch(model, conds, sub_x, sub_timestep, model_options):
+        window = latent_window(model_options["transformer_options"], sub_x.shape[0])
+        seen.append((window, [int(v) for v in sub_x[:, 0, 0, 0]]))
+        return [torch.zeros_like(sub_x) for _ in conds]
+
+    for step in range(3):
+        options = {"transformer_options": {"sample_sigmas": sigmas}}
+        # one timestep for the batch: ComfyUI 0.3.75's handler cannot look up the step from one per latent
+        handler.execute(cond_batch, model, [[{"model_conds": {}}]], x, sigmas[step:step + 1], options)
+    assert len(seen) >= 6 and any(sliced[0] != 0 for _, sliced in seen)
+    for window, sliced in seen:
+        assert window is not None and list(window.indices) == sliced
+        assert window.full_length in (None, LATENTS)
