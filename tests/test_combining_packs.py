@@ -257,12 +257,13 @@ def test_two_ipadapters_and_deadiff_in_any_order(comfy, official_sd, deadiff_nam
     """The second IPAdapter `.add`s itself to the first one's patch objects, after or before DEADiff."""
     first = {"seed": 7, "weight": 0.7}
     second = {"seed": 8, "weight": 1.2, "start_at": 0.0, "end_at": 0.5}  # active on some steps only
-    a, records, _ = run_and_check(comfy, official_sd, deadiff_name, [first, "deadiff", second], "ip-dd-ip")
+    a, records, ctx = run_and_check(comfy, official_sd, deadiff_name, [first, "deadiff", second], "ip-dd-ip")
     b, _, _ = run_and_check(comfy, official_sd, deadiff_name, [first, second, "deadiff"], "ip-ip-dd")
     c, _, _ = run_and_check(comfy, official_sd, deadiff_name, ["deadiff", first, second], "dd-ip-ip")
     assert torch.equal(a, b) and torch.equal(a, c)
-    sampling_sigmas = [sigma for sigma, _, _ in records]
-    assert any(s > 0 for s in sampling_sigmas)
+    window = ctx["ipadapters"][1]
+    inside = [window["sigma_end"] <= sigma <= window["sigma_start"] for sigma, _, _ in records]
+    assert any(inside) and not all(inside), f"the second IPAdapter should act on some steps only: {inside}"
 
 
 def test_with_a_deadiff_mask(comfy, official_sd, deadiff_name):
