@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..deadiff_core.masks import as_mask_batch
 from ..deadiff_core.routing import CONTENT, SITES, STYLE, Routing
+from . import composition
 from .attention_patch import DEADiffSitePatch, Injection
 from .compatibility import check_model
 from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_ROUTING, DEADIFF_STYLE, io, schema
@@ -31,10 +32,9 @@ def _check_window(start_at, end_at) -> bool | str:
     return True
 
 
-def _existing_patch(model_options: dict, site):
-    """Whatever attn2 replace patch already sits on this site, under either key ComfyUI looks up."""
-    replace = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    return replace.get(site.comfy_block + (0,)) or replace.get(site.comfy_block)
+def _existing_patch(model, site):
+    """DEADiff's chain at this site, or the other pack's patch under DEADiff's key (see nodes/composition.py)."""
+    return composition.existing_patch(model, site)
 
 
 def _check_tokens(tokens, branch: str, deadiff, input_name: str):
@@ -139,16 +139,13 @@ class DEADiffApply(io.ComfyNode):
         )
         patched = model.clone()
         for site in SITES:
-            existing = _existing_patch(patched.model_options, site)
+            existing = _existing_patch(patched, site)
             if existing is None:
                 patch = DEADiffSitePatch(site, (injection,))
             elif isinstance(existing, DEADiffSitePatch):
                 patch = existing.with_injection(injection)
-            else:
-                owner = f"{type(existing).__module__}.{type(existing).__qualname__}"
-                raise ValueError(
-                    f"The MODEL already has another node pack's cross-attention replacement at {site.comfy_block} "
-                    f"({owner}); DEADiff replaces the same attention and cannot combine with it. Apply DEADiff "
-                    "to the MODEL before that node, or use only one of them.")
+            else:  # another pack's patch under the key DEADiff takes: kept, and combined when sampling starts
+                patch = DEADiffSitePatch(site, (injection,), displaced=existing)
             patched.set_model_attn2_replace(patch, site.comfy_block[0], site.comfy_block[1], 0)
+        composition.register(patched)
         return io.NodeOutput(patched)

@@ -8,6 +8,13 @@ ComfyUI's optimized attention.
 Patches are immutable once registered: newer ComfyUI versions share patch objects between model
 clones, and `deepcopy` returns the same object. What they cache (image K/V per device and dtype,
 assembled batches, resized masks) is derived data that any clone may reuse.
+
+Another pack's attn2 patch at the same site is combined with ours when sampling starts
+(nodes/composition.py); one that sat under the very key DEADiff takes is kept here as `displaced`,
+so that it still loads and moves with the model and can be combined.
+
+Per-latent inputs follow the latents of the call when sampling runs on context windows
+(nodes/latent_window.py).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from comfy.ldm.modules.attention import optimized_attention, optimized_attention
 from ..deadiff_core.masks import resize_to_grid
 from ..deadiff_core.attention import disentangled_attention, image_key_bias, image_keys_values
 from ..deadiff_core.routing import Routing, Site
+from .latent_window import latent_window, per_latent
 
 _CACHE_LIMIT = 32
 _NO_WINDOW_START = 999999999.0
@@ -92,28 +100,23 @@ class Injection:
         return self._masks[key]
 
 
-def _per_latent(tensor: torch.Tensor, chunk: int, what: str) -> torch.Tensor:
-    """One item for every latent, or one per latent."""
-    if tensor.shape[0] == chunk:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(chunk, *tensor.shape[1:])
-    raise ValueError(f"DEADiff {what}: {tensor.shape[0]} given, one per latent image, but the latent batch has "
-                     f"{chunk} images. Give one for all images or exactly one per image (for reference images, "
-                     "or set the encoder's batch_mode to concatenate or average).")
-
-
 class DEADiffSitePatch:
-    """The attn2 replace patch of one site; holds every injection of the model chain, in order."""
+    """The attn2 replace patch of one site; holds every injection of the model chain, in order, and the
+    other pack's patch that sat under DEADiff's key at this site before DEADiff replaced it, if any."""
 
-    def __init__(self, site: Site, injections: tuple):
+    def __init__(self, site: Site, injections: tuple, displaced=None):
         self.site = site
         self.injections = tuple(injections)
+        self.displaced = displaced
         self._present = tuple(i for i, inj in enumerate(self.injections) if inj.token_count(site))
         self._assembled = {}
 
     def with_injection(self, injection: Injection) -> "DEADiffSitePatch":
-        return DEADiffSitePatch(self.site, self.injections + (injection,))
+        return DEADiffSitePatch(self.site, self.injections + (injection,), self.displaced)
+
+    def displacing(self, patch) -> "DEADiffSitePatch":
+        """The same injections, registered again over `patch` (another pack's, now under our key)."""
+        return DEADiffSitePatch(self.site, self.injections, patch)
 
     def __deepcopy__(self, memo):
         return self
@@ -124,14 +127,18 @@ class DEADiffSitePatch:
             for injection in self.injections:
                 injection.drop_cache_except(device_or_dtype)
             self._assembled = {k: v for k, v in self._assembled.items() if k[-2] == device_or_dtype}
+        if hasattr(self.displaced, "to"):  # ComfyUI no longer sees it in the model's patches: move it for it
+            self.displaced = self.displaced.to(device_or_dtype)
         return self
 
     def models(self) -> list:
-        """The per-site projections load and offload with the UNet."""
+        """The per-site projections load and offload with the UNet (and a displaced patch's models too)."""
         patchers = []
         for injection in self.injections:
             if injection.deadiff.injection_patcher not in patchers:
                 patchers.append(injection.deadiff.injection_patcher)
+        if hasattr(self.displaced, "models"):
+            patchers += [m for m in self.displaced.models() if m not in patchers]
         return patchers
 
     def __call__(self, q, k, v, extra_options):
@@ -142,8 +149,9 @@ class DEADiffSitePatch:
         if not active:
             return optimized_attention(q, k, v, heads, **kwargs)
         cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
-        k_image, v_image = self._image_kv(active, cond_or_uncond, q)
-        mask = self._mask_bias(active, cond_or_uncond, extra_options, k.shape[1], q)
+        window = latent_window(extra_options, q.shape[0] // len(cond_or_uncond))
+        k_image, v_image = self._image_kv(active, cond_or_uncond, window, q)
+        mask = self._mask_bias(active, cond_or_uncond, window, extra_options, k.shape[1], q)
         attention = optimized_attention if mask is None else optimized_attention_masked
         return disentangled_attention(q, k, v, k_image, v_image, heads, mask=mask, attention=attention, **kwargs)
 
@@ -153,27 +161,27 @@ class DEADiffSitePatch:
         self._assembled[key] = value
         return value
 
-    def _image_kv(self, active, cond_or_uncond, q):
+    def _image_kv(self, active, cond_or_uncond, window, q):
         """Image K/V for the whole batch: each chunk gets its injections' tokens when it is a cond
         chunk (0) and their negative tokens (zero tokens unless a negative reference is set) when it
         is the unconditional one (1). Injections routed off at this site add nothing."""
-        key = ("kv", active, cond_or_uncond, q.shape[0], q.device, q.dtype)
+        key = ("kv", active, cond_or_uncond, window, q.shape[0], q.device, q.dtype)
         if key in self._assembled:
             return self._assembled[key]
         chunk = q.shape[0] // len(cond_or_uncond)
         keys, values = [], []
         for index in active:
             per_chunk = [self.injections[index].kv(self.site, c == 1, q.device, q.dtype) for c in cond_or_uncond]
-            keys.append(torch.cat([_per_latent(k, chunk, "tokens") for k, _ in per_chunk]))
-            values.append(torch.cat([_per_latent(v, chunk, "tokens") for _, v in per_chunk]))
+            keys.append(torch.cat([per_latent(k, chunk, "tokens", window) for k, _ in per_chunk]))
+            values.append(torch.cat([per_latent(v, chunk, "tokens", window) for _, v in per_chunk]))
         return self._remember(key, (torch.cat(keys, dim=1), torch.cat(values, dim=1)))
 
-    def _mask_bias(self, active, cond_or_uncond, extra_options, text_tokens, q):
+    def _mask_bias(self, active, cond_or_uncond, window, extra_options, text_tokens, q):
         """Additive bias keeping each masked injection's tokens (cond and negative alike) inside its mask."""
         if all(self.injections[i].mask is None for i in active):
             return None
         _, _, height, width = extra_options["activations_shape"]
-        key = ("mask", active, cond_or_uncond, q.shape[0], height, width, text_tokens, q.device, q.dtype)
+        key = ("mask", active, cond_or_uncond, window, q.shape[0], height, width, text_tokens, q.device, q.dtype)
         if key in self._assembled:
             return self._assembled[key]
         chunk = q.shape[0] // len(cond_or_uncond)
@@ -184,7 +192,7 @@ class DEADiffSitePatch:
             if injection.mask is None:
                 columns.append(torch.ones(q.shape[0], height * width, count, device=q.device, dtype=q.dtype))
                 continue
-            mask = _per_latent(injection.query_mask(height, width, q.device, q.dtype), chunk, "attn_mask")
+            mask = per_latent(injection.query_mask(height, width, q.device, q.dtype), chunk, "attn_mask", window)
             mask = mask.repeat(len(cond_or_uncond), 1)
             columns.append(mask.unsqueeze(-1).expand(-1, -1, count))
         return self._remember(key, image_key_bias(torch.cat(columns, dim=-1), text_tokens))

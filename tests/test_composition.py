@@ -1,6 +1,8 @@
 """DEADiff next to the rest of a ComfyUI graph: LoRA, ControlNet, other model patches, other packs."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -87,19 +89,74 @@ def call_node(comfy, node_id, **inputs):
     return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
-def test_another_packs_attn2_replace_is_never_dropped(comfy, deadiff_name):
-    model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0].clone()
+def ksample(comfy, model, steps=2):
+    _, clip, _ = call_node(comfy, "DEADiffTest_TinySD15", seed=0)
+    pos = call_node(comfy, "CLIPTextEncode", clip=clip, text="a red barn")[0]
+    neg = call_node(comfy, "CLIPTextEncode", clip=clip, text="lowres")[0]
+    latent = call_node(comfy, "EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    return call_node(comfy, "KSampler", model=model, seed=11, steps=steps, cfg=8.0, sampler_name="euler",
+                     scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
 
-    def foreign_patch(q, k, v, extra_options):
-        return q
 
-    model.set_model_attn2_replace(foreign_patch, "output", 9)
+def deadiff_on(comfy, deadiff_name, model):
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
-    with pytest.raises(ValueError, match=r"another node pack's cross-attention replacement at \('output', 9\)"):
-        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                  start_at=0.0, end_at=1.0)
-    replace = model.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert replace[("output", 9)] is foreign_patch and len(replace) == 1
+    image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=9, width=64, height=64, batch_size=1, channels=3)[0]
+    (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
+    return call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
+                     start_at=0.0, end_at=1.0, style=style)[0]
+
+
+def scaled_plain(q, k, v, extra_options):
+    """A patch without models() or to(): plain attention times 1.5, so its contribution is 0.5 x plain."""
+    from comfy.ldm.modules.attention import optimized_attention
+    return 1.5 * optimized_attention(q, k, v, extra_options["n_heads"])
+
+
+def test_a_plain_function_patch_set_after_deadiff_under_its_key_is_combined(comfy, deadiff_name):
+    """ComfyUI's own set_model_attn2_replace(patch, "output", 9, 0) after DEADiff replaces DEADiff's
+    entry; DEADiff still acts there and so does the function (neither is dropped)."""
+    tiny = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0]
+    patched = deadiff_on(comfy, deadiff_name, tiny)
+    over = patched.clone()
+    over.set_model_attn2_replace(scaled_plain, "output", 9, 0)
+    under = patched.clone()
+    under.set_model_attn2_replace(scaled_plain, "output", 9)
+    before = tiny.clone()
+    before.set_model_attn2_replace(scaled_plain, "output", 9, 0)
+    first = deadiff_on(comfy, deadiff_name, before)
+    results = [ksample(comfy, m) for m in (over, under, first)]
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    torch.testing.assert_close(results[0], results[2], rtol=0, atol=0)
+    assert (results[0] - ksample(comfy, patched)).abs().max() > 1e-3, "the function's effect is there"
+    function_alone = tiny.clone()
+    function_alone.set_model_attn2_replace(scaled_plain, "output", 9, 0)
+    assert (results[0] - ksample(comfy, function_alone)).abs().max() > 1e-3, "DEADiff's effect is there"
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert all(type(p).__name__ == "DEADiffSitePatch" for p in replace.values()) and len(replace) == 16
+
+
+class RaisingPatch:
+    def __call__(self, q, k, v, extra_options):
+        raise RuntimeError("this patch always fails")
+
+
+class NarrowPatch:
+    def __call__(self, q, k, v, extra_options):
+        return q[:, :, : q.shape[-1] // 2]
+
+
+@pytest.mark.parametrize("patch,message", [
+    (RaisingPatch(), r"test_composition\.RaisingPatch at \('output', 9\).*raised RuntimeError: this patch always fails"),
+    (NarrowPatch(), r"test_composition\.NarrowPatch at \('output', 9\).*returned \(2, 64, 16\) where the "
+                    r"attention output is \(2, 64, 32\)"),
+])
+def test_a_patch_that_cannot_be_combined_is_a_clear_error(comfy, deadiff_name, patch, message):
+    tiny = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0].clone()
+    tiny.set_model_attn2_replace(patch, "output", 9)
+    patched = deadiff_on(comfy, deadiff_name, tiny)
+    composition = sys.modules[comfy.pack.__name__.rsplit(".", 1)[0] + ".composition"]
+    with pytest.raises(composition.CompositionError, match=message):
+        ksample(comfy, patched, steps=1)
 
 
 def test_sdxl_model_is_refused_by_name(comfy, deadiff_name):

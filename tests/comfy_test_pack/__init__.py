@@ -280,3 +280,15 @@ from .reliability import NODE_DISPLAY_NAME_MAPPINGS as _RELIABILITY_NAMES  # noq
 
 NODE_CLASS_MAPPINGS.update(_RELIABILITY_NODES)
 NODE_DISPLAY_NAME_MAPPINGS.update(_RELIABILITY_NAMES)
+
+# stand-ins of other packs (tests/test_composition.py, tests/test_context_windows.py)
+from .ipadapter_standin import NODE_CLASS_MAPPINGS as _STANDIN_NODES  # noqa: E402
+from .ipadapter_standin import NODE_DISPLAY_NAME_MAPPINGS as _STANDIN_NAMES  # noqa: E402
+
+from .sliding_context import NODE_CLASS_MAPPINGS as _SLIDING_NODES  # noqa: E402
+from .sliding_context import NODE_DISPLAY_NAME_MAPPINGS as _SLIDING_NAMES  # noqa: E402
+
+NODE_CLASS_MAPPINGS.update(_STANDIN_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update(_STANDIN_NAMES)
+NODE_CLASS_MAPPINGS.update(_SLIDING_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update(_SLIDING_NAMES)
