@@ -143,7 +143,7 @@ def main() -> None:
     deadiff_fakes.write_official_safetensors(path, deadiff_fakes.make_official_state_dict(seed=0, **DIMS))
     managed = sys.modules[nodes["DEADiffApply"].__module__.rsplit(".", 1)[0] + ".managed"]
     deadiff = managed.ManagedDEADiff.from_file(str(path))
-    tokens = sys.modules[nodes["DEADiffApply"].__module__.rsplit(".", 2)[0] + ".deadiff_core.embedding"]
+    tokens = sys.modules[nodes["DEADiffApply"].__module__.rsplit(".", 2)[0] + ".deadiff_core.tokens"]
     style = tokens.DEADiffTokens("style", torch.randn(1, 16, 768), deadiff.fingerprint, source_name=deadiff.name)
 
     base = full_size_sd15(tiny_models, dtype)

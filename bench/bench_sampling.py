@@ -96,9 +96,9 @@ def main() -> None:
     log(f"ComfyUI attention: optimized_attention = {attention.optimized_attention.__name__}, "
         f"optimized_attention_masked = {attention.optimized_attention_masked.__name__} "
         f"(device {mm.get_torch_device()})")
-    encoder, injection, towers = encoder_bytes_full_size()
+    encoder, projections, towers = encoder_bytes_full_size()
     log(f"full-size DEADiff at fp16: encoders {encoder / 1e9:.3f} GB ({towers} vision tower; target <= 1.5 GB "
-        f"on the device while encoding), 32 site projections {injection / 1e6:.1f} MB (target <= 40 MB extra "
+        f"on the device while encoding), 32 site projections {projections / 1e6:.1f} MB (target <= 40 MB extra "
         f"while sampling, with the caches)")
     with tempfile.TemporaryDirectory(prefix="deadiff-bench-sampling-") as tmp:
         if not args.no_cpu:

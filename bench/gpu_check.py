@@ -358,7 +358,7 @@ def report(results: dict, plan: Plan, server: Server) -> None:
     if results.get("deadiff_patchers"):
         d = results["deadiff_patchers"]
         log(f"DEADiff encoders: {d['encoder']['patcher']} (dynamic: {d['encoder']['dynamic']}); "
-            f"site projections: {d['injection']['patcher']} (dynamic: {d['injection']['dynamic']})")
+            f"site projections: {d['site_projections']['patcher']} (dynamic: {d['site_projections']['dynamic']})")
     for variant, loaded in results.get("sampling_patchers", {}).items():
         legacy = [m["model"] for m in loaded if not m["dynamic"]]
         log(f"loaded after sampling {variant}: {len(loaded)} models, not dynamic: {legacy or 'none'}")

@@ -163,8 +163,8 @@ def report_cpu(args, results, op_counts, cache_bytes, kv, deadiff, host):
             "(whole-step model calls + replayed steps)")
 
     log("\n== device memory for sampling ==")
-    injection = deadiff.model.injection
-    numel = sum(p.numel() for p in injection.parameters())
+    projections = deadiff.model.site_projections
+    numel = sum(p.numel() for p in projections.parameters())
     log(f"32 site projections (i_to_k/i_to_v): {numel / 1e6:.1f} M values = {numel * 2 / 1e6:.1f} MB at fp16 "
         f"({numel * 4 / 1e6:.1f} MB at fp32, this run)")
     for (label, size), nbytes in cache_bytes.items():

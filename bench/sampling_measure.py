@@ -93,7 +93,7 @@ class StepTimer:
 
 def replay_inputs(record: dict):
     """The captured per-site (q, k, v, extra_options) of one model call (cond + uncond), in UNet order."""
-    from deadiff_core.routing import SITES
+    from deadiff_core.sites import SITES
 
     by_block = {}
     for (block, q_shape), value in record.items():

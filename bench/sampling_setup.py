@@ -94,7 +94,7 @@ class Pack:
         self.root = self.apply_module.__name__.rsplit(".", 2)[0]  # the pack's package name
         self.managed = sys.modules[f"{self.root}.nodes.managed"]
         self.patch_module = sys.modules[f"{self.root}.nodes.attention_patch"]
-        self.embedding = sys.modules[f"{self.root}.deadiff_core.embedding"]
+        self.tokens = sys.modules[f"{self.root}.deadiff_core.tokens"]
 
     def load(self, path):
         return self.managed.ManagedDEADiff.from_file(str(path))
@@ -107,7 +107,7 @@ class Pack:
         except FloatingPointError as e:
             log(f"(encoder: {e}; random style tokens used for sampling)")
             tokens = torch.randn(image.shape[0], deadiff.config.num_query_tokens, deadiff.config.context_dim)
-            return self.embedding.DEADiffTokens("style", tokens, deadiff.fingerprint, source_name=deadiff.name)
+            return self.tokens.DEADiffTokens("style", tokens, deadiff.fingerprint, source_name=deadiff.name)
 
     def apply(self, model, deadiff, start_at=0.0, end_at=1.0, **optional):
         return self.nodes["DEADiffApply"].execute(model, deadiff, 1.0, 1.0, start_at, end_at, **optional)[0]
@@ -142,7 +142,7 @@ class FloorPatch:
 
 
 def with_floor(model, extra: int, record: dict | None = None):
-    from deadiff_core.routing import SITES
+    from deadiff_core.sites import SITES
 
     patched = model.clone()
     patch = FloorPatch(extra, record)
@@ -214,6 +214,6 @@ def encoder_bytes_full_size() -> tuple[int, int]:
     with torch.device("meta"):
         model = DEADiffModel(config)
     encoder = sum(p.numel() for p in model.encoder.parameters()) * 2
-    injection = sum(p.numel() for p in model.injection.parameters()) * 2
+    projections = sum(p.numel() for p in model.site_projections.parameters()) * 2
     towers = len(model.encoder.vision)
-    return encoder, injection, towers
+    return encoder, projections, towers

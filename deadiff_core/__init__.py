@@ -4,10 +4,10 @@ Never imports ComfyUI, so it is testable (and usable) on its own.
 """
 from .attention import disentangled_attention, image_keys_values
 from .config import DEADiffConfig
-from .embedding import DEADiffTokens
+from .tokens import DEADiffTokens
 from .errors import DEADiffCheckpointError
 from .model import DEADiffModel, load_deadiff
-from .routing import BRANCHES, CONTENT, SITES, STYLE, Site
+from .sites import BRANCHES, CONTENT, SITES, STYLE, Site
 
 __all__ = ["load_deadiff", "DEADiffModel", "DEADiffConfig", "DEADiffCheckpointError", "DEADiffTokens",
            "disentangled_attention", "image_keys_values", "SITES", "Site", "BRANCHES", "STYLE", "CONTENT"]

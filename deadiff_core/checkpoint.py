@@ -26,7 +26,7 @@ from safetensors import safe_open
 from .config import DEADiffConfig, count_layers, infer_config
 from . import pickle_policy
 from .errors import DEADiffCheckpointError, DEADiffUnsafeFileError
-from .routing import BRANCHES, SITES
+from .sites import BRANCHES, SITES
 
 COMPACT_FORMAT = "deadiff-compact"
 COMPACT_VERSION = "1"

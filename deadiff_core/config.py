@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .routing import SITES
+from .sites import SITES
 
 HEAD_WIDTH = 64
 VISION = "style_blip.visual_encoder."

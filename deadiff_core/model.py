@@ -20,7 +20,7 @@ from .preprocess import DEFAULT_PAD_COLOR, SQUASH, normalize
 from .projection import ProjLayer, SiteProjections
 from .qformer import TEXT_IDS, QFormer
 from .reference import Reference, prepare_reference
-from .routing import BRANCHES
+from .sites import BRANCHES
 from .vision_tower import VisionTower
 
 
@@ -111,7 +111,7 @@ class DEADiffModel(nn.Module):
         self.fingerprint = ""  # identifies the weights (set by load_deadiff; saved tokens record it)
         self.load_report: LoadReport | None = None  # set by load_deadiff
         self.encoder = DualEncoder(config, source)
-        self.injection = SiteProjections(config)
+        self.site_projections = SiteProjections(config)
 
 
 def _materialize_buffers(model: nn.Module) -> None:
@@ -137,7 +137,7 @@ def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch
     with torch.device("meta"):
         model = use_operations(DEADiffModel(config, source), operations)
     model.encoder.load_official(tensors)
-    model.injection.load_official(tensors)
+    model.site_projections.load_official(tensors)
     _materialize_buffers(model)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .config import DEADiffConfig
-from .routing import SITES
+from .sites import SITES
 
 
 class QuickGELU(nn.Module):

@@ -9,7 +9,7 @@ from .download import DEADiffDownloadModel  # noqa: E402
 from .encoders import DEADiffContentEncoder, DEADiffStyleEncoder  # noqa: E402
 from .loader import DEADiffModelLoader  # noqa: E402
 from .mixing import DEADiffMixContents, DEADiffMixStyles  # noqa: E402
-from .routing import DEADiffRouting  # noqa: E402
+from .layer_routing import DEADiffRouting  # noqa: E402
 from .saved_tokens import DEADiffLoadContent, DEADiffLoadStyle, DEADiffSaveTokens  # noqa: E402
 from .sockets import ComfyExtension, io  # noqa: E402
 

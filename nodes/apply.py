@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from ..deadiff_core.masks import as_mask_batch
-from ..deadiff_core.routing import CONTENT, SITES, STYLE, Routing
+from ..deadiff_core.sites import CONTENT, SITES, STYLE
+from ..deadiff_core.routing import Routing
 from . import composition
-from .attention_patch import DEADiffSitePatch, Injection
+from .attention_patch import DEADiffSitePatch, Contribution
 from .compatibility import check_model
 from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_ROUTING, DEADIFF_STYLE, io, schema
 
@@ -129,7 +130,7 @@ class DEADiffApply(io.ComfyNode):
                     CONTENT: _check_tokens(negative_content, CONTENT, deadiff, "negative_content")}
         for branch in (STYLE, CONTENT):
             _check_negative(tokens[branch], negative[branch], branch, deadiff)
-        injection = Injection(
+        contribution = Contribution(
             deadiff, tokens=tokens, negative=negative,
             weights={STYLE: float(style_weight), CONTENT: float(content_weight)},
             routing=routing if routing is not None else Routing.official(),
@@ -141,11 +142,11 @@ class DEADiffApply(io.ComfyNode):
         for site in SITES:
             existing = _existing_patch(patched, site)
             if existing is None:
-                patch = DEADiffSitePatch(site, (injection,))
+                patch = DEADiffSitePatch(site, (contribution,))
             elif isinstance(existing, DEADiffSitePatch):
-                patch = existing.with_injection(injection)
+                patch = existing.with_contribution(contribution)
             else:  # another pack's patch under the key DEADiff takes: kept, and combined when sampling starts
-                patch = DEADiffSitePatch(site, (injection,), displaced=existing)
+                patch = DEADiffSitePatch(site, (contribution,), displaced=existing)
             patched.set_model_attn2_replace(patch, site.comfy_block[0], site.comfy_block[1], 0)
         composition.register(patched)
         return io.NodeOutput(patched)

@@ -2,7 +2,7 @@
 
 ComfyUI calls a replace patch with q, k, v already projected by the site's own to_q/to_k/to_v and
 applies to_out afterwards; the patch only has to attend. Ours appends the image keys/values of every
-Apply node in the chain (text first, then each injection's tokens) and runs ONE softmax through
+Apply node in the chain (text first, then each contribution's tokens) and runs ONE softmax through
 ComfyUI's optimized attention.
 
 Patches are immutable once registered: newer ComfyUI versions share patch objects between model
@@ -26,14 +26,15 @@ from comfy.ldm.modules.attention import optimized_attention, optimized_attention
 
 from ..deadiff_core.masks import resize_to_grid
 from ..deadiff_core.attention import disentangled_attention, image_key_bias, image_keys_values
-from ..deadiff_core.routing import Routing, Site
+from ..deadiff_core.sites import Site
+from ..deadiff_core.routing import Routing
 from .latent_window import latent_window, per_latent
 
 _CACHE_LIMIT = 32
 _NO_WINDOW_START = 999999999.0
 
 
-class Injection:
+class Contribution:
     """One Apply node's contribution at every site: tokens per branch (for the conditional and the
     unconditional pass), weights, routing, window, mask."""
 
@@ -54,7 +55,7 @@ class Injection:
         self._active_now = True
 
     def token_count(self, site: Site) -> int:
-        """How many keys this injection adds at `site` (0 where routing turns it off)."""
+        """How many keys this contribution adds at `site` (0 where routing turns it off)."""
         route = self.routing.route(site)
         if route is None:
             return 0
@@ -73,12 +74,12 @@ class Injection:
         return self._active_now
 
     def kv(self, site: Site, unconditional: bool, device: torch.device, dtype: torch.dtype):
-        """(items, N, width) keys and values of this injection's tokens at `site`, computed once."""
+        """(items, N, width) keys and values of this contribution's tokens at `site`, computed once."""
         key = (site.name, unconditional, device, dtype)
         if key not in self._kv:
             route = self.routing.route(site)
             tokens = (self.negative if unconditional else self.tokens).get(route.branch)
-            i_to_k, i_to_v = self.deadiff.model.injection.layers(site.name)
+            i_to_k, i_to_v = self.deadiff.model.site_projections.layers(site.name)
             if tokens is None:  # zero tokens, and bias-free projections of zeros are zeros
                 shape = (1, self.token_count(site), i_to_k.out_features)
                 k = v = torch.zeros(shape, device=device, dtype=dtype)
@@ -101,22 +102,22 @@ class Injection:
 
 
 class DEADiffSitePatch:
-    """The attn2 replace patch of one site; holds every injection of the model chain, in order, and the
+    """The attn2 replace patch of one site; holds every contribution of the model chain, in order, and the
     other pack's patch that sat under DEADiff's key at this site before DEADiff replaced it, if any."""
 
-    def __init__(self, site: Site, injections: tuple, displaced=None):
+    def __init__(self, site: Site, contributions: tuple, displaced=None):
         self.site = site
-        self.injections = tuple(injections)
+        self.contributions = tuple(contributions)
         self.displaced = displaced
-        self._present = tuple(i for i, inj in enumerate(self.injections) if inj.token_count(site))
+        self._present = tuple(i for i, inj in enumerate(self.contributions) if inj.token_count(site))
         self._assembled = {}
 
-    def with_injection(self, injection: Injection) -> "DEADiffSitePatch":
-        return DEADiffSitePatch(self.site, self.injections + (injection,), self.displaced)
+    def with_contribution(self, contribution: Contribution) -> "DEADiffSitePatch":
+        return DEADiffSitePatch(self.site, self.contributions + (contribution,), self.displaced)
 
     def displacing(self, patch) -> "DEADiffSitePatch":
-        """The same injections, registered again over `patch` (another pack's, now under our key)."""
-        return DEADiffSitePatch(self.site, self.injections, patch)
+        """The same contributions, registered again over `patch` (another pack's, now under our key)."""
+        return DEADiffSitePatch(self.site, self.contributions, patch)
 
     def __deepcopy__(self, memo):
         return self
@@ -124,8 +125,8 @@ class DEADiffSitePatch:
     def to(self, device_or_dtype):
         """ComfyUI moves patches with the model; cached tensors on other devices are released."""
         if isinstance(device_or_dtype, torch.device):
-            for injection in self.injections:
-                injection.drop_cache_except(device_or_dtype)
+            for contribution in self.contributions:
+                contribution.drop_cache_except(device_or_dtype)
             self._assembled = {k: v for k, v in self._assembled.items() if k[-2] == device_or_dtype}
         if hasattr(self.displaced, "to"):  # ComfyUI no longer sees it in the model's patches: move it for it
             self.displaced = self.displaced.to(device_or_dtype)
@@ -134,9 +135,9 @@ class DEADiffSitePatch:
     def models(self) -> list:
         """The per-site projections load and offload with the UNet (and a displaced patch's models too)."""
         patchers = []
-        for injection in self.injections:
-            if injection.deadiff.injection_patcher not in patchers:
-                patchers.append(injection.deadiff.injection_patcher)
+        for contribution in self.contributions:
+            if contribution.deadiff.site_projections_patcher not in patchers:
+                patchers.append(contribution.deadiff.site_projections_patcher)
         if hasattr(self.displaced, "models"):
             patchers += [m for m in self.displaced.models() if m not in patchers]
         return patchers
@@ -145,7 +146,7 @@ class DEADiffSitePatch:
         heads = extra_options["n_heads"]
         kwargs = {"attn_precision": extra_options.get("attn_precision"), "transformer_options": extra_options}
         sigmas = extra_options.get("sigmas")
-        active = tuple(i for i in self._present if sigmas is None or self.injections[i].active(sigmas))
+        active = tuple(i for i in self._present if sigmas is None or self.contributions[i].active(sigmas))
         if not active:
             return optimized_attention(q, k, v, heads, **kwargs)
         cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
@@ -162,23 +163,23 @@ class DEADiffSitePatch:
         return value
 
     def _image_kv(self, active, cond_or_uncond, window, q):
-        """Image K/V for the whole batch: each chunk gets its injections' tokens when it is a cond
+        """Image K/V for the whole batch: each chunk gets its contributions' tokens when it is a cond
         chunk (0) and their negative tokens (zero tokens unless a negative reference is set) when it
-        is the unconditional one (1). Injections routed off at this site add nothing."""
+        is the unconditional one (1). Contributions routed off at this site add nothing."""
         key = ("kv", active, cond_or_uncond, window, q.shape[0], q.device, q.dtype)
         if key in self._assembled:
             return self._assembled[key]
         chunk = q.shape[0] // len(cond_or_uncond)
         keys, values = [], []
         for index in active:
-            per_chunk = [self.injections[index].kv(self.site, c == 1, q.device, q.dtype) for c in cond_or_uncond]
+            per_chunk = [self.contributions[index].kv(self.site, c == 1, q.device, q.dtype) for c in cond_or_uncond]
             keys.append(torch.cat([per_latent(k, chunk, "tokens", window) for k, _ in per_chunk]))
             values.append(torch.cat([per_latent(v, chunk, "tokens", window) for _, v in per_chunk]))
         return self._remember(key, (torch.cat(keys, dim=1), torch.cat(values, dim=1)))
 
     def _mask_bias(self, active, cond_or_uncond, window, extra_options, text_tokens, q):
-        """Additive bias keeping each masked injection's tokens (cond and negative alike) inside its mask."""
-        if all(self.injections[i].mask is None for i in active):
+        """Additive bias keeping each masked contribution's tokens (cond and negative alike) inside its mask."""
+        if all(self.contributions[i].mask is None for i in active):
             return None
         _, _, height, width = extra_options["activations_shape"]
         key = ("mask", active, cond_or_uncond, window, q.shape[0], height, width, text_tokens, q.device, q.dtype)
@@ -187,12 +188,12 @@ class DEADiffSitePatch:
         chunk = q.shape[0] // len(cond_or_uncond)
         columns = []
         for index in active:
-            injection = self.injections[index]
-            count = injection.token_count(self.site)
-            if injection.mask is None:
+            contribution = self.contributions[index]
+            count = contribution.token_count(self.site)
+            if contribution.mask is None:
                 columns.append(torch.ones(q.shape[0], height * width, count, device=q.device, dtype=q.dtype))
                 continue
-            mask = per_latent(injection.query_mask(height, width, q.device, q.dtype), chunk, "attn_mask", window)
+            mask = per_latent(contribution.query_mask(height, width, q.device, q.dtype), chunk, "attn_mask", window)
             mask = mask.repeat(len(cond_or_uncond), 1)
             columns.append(mask.unsqueeze(-1).expand(-1, -1, count))
         return self._remember(key, image_key_bias(torch.cat(columns, dim=-1), text_tokens))

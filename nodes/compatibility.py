@@ -4,7 +4,7 @@ from __future__ import annotations
 import comfy.supported_models
 from comfy.ldm.modules.attention import SpatialTransformer
 
-from ..deadiff_core.routing import SITES, Site
+from ..deadiff_core.sites import SITES, Site
 
 
 def site_attention(unet, site: Site):

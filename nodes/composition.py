@@ -31,7 +31,7 @@ import comfy.model_management
 import comfy.patcher_extension
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..deadiff_core.routing import SITES, Site
+from ..deadiff_core.sites import SITES, Site
 from .attention_patch import DEADiffSitePatch
 
 WRAPPER_KEY = "deadiff_attn2_composition"

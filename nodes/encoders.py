@@ -6,9 +6,9 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
-from ..deadiff_core.embedding import BATCH_CONCATENATE, BATCH_MODES, DEADiffTokens, image_sha256
+from ..deadiff_core.tokens import BATCH_CONCATENATE, BATCH_MODES, DEADiffTokens, image_sha256
 from ..deadiff_core.preprocess import DEFAULT_PAD_COLOR, RESIZE_MODES, SQUASH, parse_color
-from ..deadiff_core.routing import CONTENT, STYLE
+from ..deadiff_core.sites import CONTENT, STYLE
 from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_STYLE, check_choice, io, schema
 
 

@@ -64,8 +64,8 @@ class ManagedDEADiff:
         self.encoder_patcher = patcher(model.encoder, load_device=encoder_device,
                                        offload_device=mm.text_encoder_offload_device())
         unet_device = mm.get_torch_device()
-        model.injection.to(compute_dtype(unet_device)).eval()
-        self.injection_patcher = patcher(model.injection, load_device=unet_device,
+        model.site_projections.to(compute_dtype(unet_device)).eval()
+        self.site_projections_patcher = patcher(model.site_projections, load_device=unet_device,
                                          offload_device=mm.unet_offload_device())
         self.fingerprint = model.fingerprint
 
@@ -81,7 +81,7 @@ class ManagedDEADiff:
         """Both patchers. ComfyUI 0.33 asks each node output for get_models() (as it does a ControlNet's)
         to mark the models the running prompt uses; with DynamicVRAM it frees other models' pinned host
         memory before theirs."""
-        return [self.encoder_patcher, self.injection_patcher]
+        return [self.encoder_patcher, self.site_projections_patcher]
 
     def __repr__(self) -> str:
         return f"ManagedDEADiff({self.name})"

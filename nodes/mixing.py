@@ -1,8 +1,8 @@
 """DEADiff Mix Styles / Mix Contents: several references' tokens as one (BLIP-Diffusion's blend)."""
 from __future__ import annotations
 
-from ..deadiff_core.embedding import MIX_MODES, WEIGHTED_SUM, mix
-from ..deadiff_core.routing import CONTENT, STYLE
+from ..deadiff_core.tokens import MIX_MODES, WEIGHTED_SUM, mix
+from ..deadiff_core.sites import CONTENT, STYLE
 from .sockets import CATEGORY, DEADIFF_CONTENT, DEADIFF_STYLE, check_choice, io, schema
 
 INPUTS = 4

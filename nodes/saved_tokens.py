@@ -10,8 +10,8 @@ import os
 
 import folder_paths
 
-from ..deadiff_core.embedding import load_tokens, save_tokens
-from ..deadiff_core.routing import CONTENT, STYLE
+from ..deadiff_core.tokens import load_tokens, save_tokens
+from ..deadiff_core.sites import CONTENT, STYLE
 from .sockets import CATEGORY, DEADIFF, DEADIFF_CONTENT, DEADIFF_STYLE, io, schema
 
 SUBFOLDER = "deadiff"

@@ -30,5 +30,5 @@ fi
 "$venv/bin/python" -c "import transformers, safetensors, einops, torch; print('oldest deps: transformers',
 transformers.__version__, 'safetensors', safetensors.__version__, 'einops', einops.__version__, 'torch', torch.__version__)"
 cd "$repo"
-exec "$venv/bin/python" -m pytest tests/test_core_checkpoint.py tests/test_core_embedding.py \
+exec "$venv/bin/python" -m pytest tests/test_core_checkpoint.py tests/test_core_tokens.py \
     tests/test_core_encoders.py tests/test_core_preprocess_options.py tests/test_core_load_progress.py "$@"

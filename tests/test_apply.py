@@ -67,11 +67,11 @@ class ReferenceUNet:
         return ms.calculate_denoised(sig, out, x)
 
 
-def official_tokens(injections, negative: bool):
-    """Per site: each injection's tokens (zeros for an unused branch and in the negative pass)."""
+def official_tokens(contributions, negative: bool):
+    """Per site: each contribution's tokens (zeros for an unused branch and in the negative pass)."""
     def for_site(ref):
         result = []
-        for inj in injections:
+        for inj in contributions:
             if not inj["active"]:
                 continue
             tokens = inj.get(ref.branch)
@@ -85,11 +85,11 @@ def official_tokens(injections, negative: bool):
 
 
 @torch.inference_mode()
-def reference_denoised(ref, x, sigma, cond, uncond, injections, cfg):
-    cond_d = ref.eps(x, sigma, cond, official_tokens(injections, negative=False))
+def reference_denoised(ref, x, sigma, cond, uncond, contributions, cfg):
+    cond_d = ref.eps(x, sigma, cond, official_tokens(contributions, negative=False))
     if cfg == 1.0:
         return cond_d
-    uncond_d = ref.eps(x, sigma, uncond, official_tokens(injections, negative=True))
+    uncond_d = ref.eps(x, sigma, uncond, official_tokens(contributions, negative=True))
     return uncond_d + cfg * (cond_d - uncond_d)
 
 
@@ -150,7 +150,7 @@ def probe_module(comfy):
     return comfy.module("DEADiffTest_ProbeSampler")
 
 
-def check_against_reference(comfy, official_sd, out, nodes, injections, cfg, key):
+def check_against_reference(comfy, official_sd, out, nodes, contributions, cfg, key):
     """Every step `out`'s graph recorded under `key` must match the reference's prediction."""
     ref = ReferenceUNet(out[nodes["tiny"].id][0], official_sd)
     cond = out[nodes["pos"].id][0][0][0]
@@ -158,7 +158,7 @@ def check_against_reference(comfy, official_sd, out, nodes, injections, cfg, key
     records = probe_module(comfy).recorded(key)
     assert len(records) == STEPS
     for sigma, x, denoised in records:
-        active = [dict(inj, active=inj["window"](sigma)) for inj in injections]
+        active = [dict(inj, active=inj["window"](sigma)) for inj in contributions]
         expected = reference_denoised(ref, x, sigma, cond, uncond, active, cfg)
         assert_matches(denoised, expected)
     return records

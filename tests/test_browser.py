@@ -33,7 +33,7 @@ import pytest
 
 from conftest import execution_error, front_end_version, start_server, stop_server
 from test_examples import make_saved_style, tokens_file_path
-from workflow_api import comfy_node_info, ui_to_api
+from ui_to_api import comfy_node_info, ui_to_api
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

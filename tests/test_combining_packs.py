@@ -58,7 +58,7 @@ class ReferenceSite(torch.nn.Module):
 
     def deadiff(self, q, k, v, h, w):
         keys, values, biases = [k], [v], [torch.zeros(q.shape[0], q.shape[1], k.shape[1])]
-        for inj in self.state["injections"]:
+        for inj in self.state["contributions"]:
             tokens = inj.get(self.branch)
             count = 16 if tokens is None else tokens.shape[1]
             if self.state["negative"] or tokens is None:
@@ -84,7 +84,7 @@ class ReferenceUNet:
     def __init__(self, model_patcher, official_sd):
         self.base = model_patcher.model
         self.unet = copy.deepcopy(self.base.diffusion_model)
-        self.state = {"injections": [], "ipadapters": [], "negative": False}
+        self.state = {"contributions": [], "ipadapters": [], "negative": False}
         for block in SITE_BLOCKS:
             parent = self.unet.get_submodule(f"{block}.1.transformer_blocks.0")
             ckpt = f"model.diffusion_model.{block}.1.transformer_blocks.0.attn2."
@@ -100,8 +100,8 @@ class ReferenceUNet:
                         context=context.expand(x.shape[0], -1, -1), transformer_options={})
         return ms.calculate_denoised(sig, out, x)
 
-    def denoised(self, x, sigma, cond, uncond, injections, ipadapters, cfg=CFG):
-        self.state["injections"] = injections
+    def denoised(self, x, sigma, cond, uncond, contributions, ipadapters, cfg=CFG):
+        self.state["contributions"] = contributions
         self.state["ipadapters"] = [dict(ip, active=ip["sigma_end"] <= sigma <= ip["sigma_start"]) for ip in ipadapters]
         cond_d = self.eps(x, sigma, cond, negative=False)
         if cfg == 1.0:
@@ -191,22 +191,22 @@ def run_and_check(comfy, official_sd, deadiff_name, chain, key, *, cfg=CFG, mask
     prompt, nodes = build(deadiff_name, chain, key, cfg=cfg, mask=mask)
     out = comfy.run(prompt)
     tiny = out[nodes["tiny"].id][0]
-    injections = []
+    contributions = []
     if "deadiff" in chain:
         inj = {"style": out[nodes["style"].id][0].tokens, "style_weight": 1.0, "content_weight": 1.0}
         if mask:
             inj["mask"] = out[nodes["mask"].id][0][0]
             torch.testing.assert_close(inj["mask"], left_half_mask()[0])
-        injections.append(inj)
+        contributions.append(inj)
     ipadapters = [ipadapter_reference(comfy, tiny, **item) for item in chain if item != "deadiff"]
     context = {"ref": ReferenceUNet(tiny, official_sd), "cond": out[nodes["pos"].id][0][0][0],
-               "uncond": out[nodes["neg"].id][0][0][0], "injections": injections, "ipadapters": ipadapters,
+               "uncond": out[nodes["neg"].id][0][0][0], "contributions": contributions, "ipadapters": ipadapters,
                "out": out, "nodes": nodes}
     records = comfy.module("DEADiffTest_ProbeSampler").recorded(key)
     assert len(records) == STEPS
     if check:
         for sigma, x, denoised in records:
-            expected = context["ref"].denoised(x, sigma, context["cond"], context["uncond"], injections, ipadapters, cfg)
+            expected = context["ref"].denoised(x, sigma, context["cond"], context["uncond"], contributions, ipadapters, cfg)
             assert_matches(denoised, expected)
     return out[nodes["sample"].id][0]["samples"], records, context
 
@@ -232,7 +232,7 @@ def test_both_orders_give_the_same_prediction_as_the_reference(comfy, official_s
     # the check above can fail: the IPAdapter's uncond tokens in the negative pass matter
     sigma, x, denoised = rec_before[0]
     swapped = [dict(ip, weights={**ip["weights"], "uncond": ip["weights"]["cond"]}) for ip in ctx["ipadapters"]]
-    wrong = ctx["ref"].denoised(x, sigma, ctx["cond"], ctx["uncond"], ctx["injections"], swapped)
+    wrong = ctx["ref"].denoised(x, sigma, ctx["cond"], ctx["uncond"], ctx["contributions"], swapped)
     assert relative_error(denoised, wrong) > 100 * TOLERANCE
 
 
@@ -248,8 +248,8 @@ def test_neither_effect_can_be_removed(comfy, official_sd, deadiff_name):
         assert relative_error(both, other) > 100 * TOLERANCE
     # per step too: dropping either term from the reference misses the prediction
     sigma, x, denoised = records[0]
-    for injections, ipadapters in (([], ctx["ipadapters"]), (ctx["injections"], [])):
-        partial = ctx["ref"].denoised(x, sigma, ctx["cond"], ctx["uncond"], injections, ipadapters)
+    for contributions, ipadapters in (([], ctx["ipadapters"]), (ctx["contributions"], [])):
+        partial = ctx["ref"].denoised(x, sigma, ctx["cond"], ctx["uncond"], contributions, ipadapters)
         assert relative_error(denoised, partial) > 100 * TOLERANCE
 
 

@@ -220,7 +220,7 @@ def test_loading_in_half_precision_casts_every_tensor_and_encodes_close_to_fp32(
         assert out.dtype == dtype
         reference = full.encoder.encode(IMAGES, "content")
         assert ((out.float() - reference).abs().max() / reference.abs().max()) < 5e-2
-        k, v = half.injection.projections("output_11")
+        k, v = half.site_projections.projections("output_11")
         assert k.dtype == v.dtype == dtype and k.shape == (32, 64)
 
 

@@ -75,12 +75,12 @@ def test_every_layer_is_the_hosts_and_the_tokens_are_unchanged(files):
 def test_image_keys_and_values_are_computed_by_calling_the_site_layers(files):
     _, path = files
     hosted = load_deadiff(path, operations=HOST)
-    i_to_k, i_to_v = hosted.injection.layers("output_11")
+    i_to_k, i_to_v = hosted.site_projections.layers("output_11")
     tokens = torch.randn(1, 16, hosted.config.context_dim, dtype=torch.float64)
     CALLS.clear()
     k, v = image_keys_values(tokens, i_to_k, i_to_v, 0.5)
     assert CALLS == ["Linear", "Linear"] and k.dtype == torch.float64, "weights brought to the tokens by the layers"
-    weight_k, weight_v = hosted.injection.projections("output_11")
+    weight_k, weight_v = hosted.site_projections.projections("output_11")
     torch.testing.assert_close(k, 0.5 * tokens @ weight_k.double().T)
     torch.testing.assert_close(v, 0.5 * tokens @ weight_v.double().T)
 

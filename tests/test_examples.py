@@ -1,7 +1,7 @@
 """The shareable example workflows (example_workflows/*.json), checked against the real ComfyUI.
 
 Each example is read in the front end's UI format, converted to an API prompt with the running
-ComfyUI's node definitions (tests/workflow_api.py), validated by ComfyUI's own `validate_prompt` with
+ComfyUI's node definitions (tests/ui_to_api.py, over deadiff_runner/workflow_api.py), validated by ComfyUI's own `validate_prompt` with
 its ORIGINAL values (official settings, the real file names: a tiny DEADiff file is written as
 `deadiff_v1.ckpt`, and the SD1.5 checkpoint and the ControlNet are name-only placeholders that are
 never loaded), then run end to end with the checkpoint and ControlNet swapped for the test pack's
@@ -23,7 +23,7 @@ from PIL import Image
 
 import deadiff_fakes
 from conftest import GraphError
-from workflow_api import MissingNodeTypes, WorkflowError, comfy_node_info, to_api, widget_layout
+from ui_to_api import MissingNodeTypes, WorkflowError, comfy_node_info, to_api, widget_layout
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"

@@ -94,12 +94,12 @@ def test_comfyui_owns_the_encoders_and_projections_and_frees_them_on_demand(comf
     assert torch.isfinite(samples).all()
     loaded = mm.loaded_models()
     assert deadiff.encoder_patcher in loaded, "ComfyUI keeps the encoders until it needs the memory"
-    assert deadiff.injection_patcher in loaded, "the projections are loaded with the UNet through models()"
-    assert deadiff.injection_patcher in patched.model_patches_models()
+    assert deadiff.site_projections_patcher in loaded, "the projections are loaded with the UNet through models()"
+    assert deadiff.site_projections_patcher in patched.model_patches_models()
 
     mm.free_memory(1e30, deadiff.encoder_patcher.load_device)  # what ComfyUI runs when a model needs the space
     loaded = mm.loaded_models()
-    assert deadiff.encoder_patcher not in loaded and deadiff.injection_patcher not in loaded
+    assert deadiff.encoder_patcher not in loaded and deadiff.site_projections_patcher not in loaded
     again = nodes_module(comfy, "encoders").encode(deadiff, images, "style")
     assert deadiff.encoder_patcher in mm.loaded_models(), "the next encode loads the encoders again"
     assert torch.equal(again.tokens, tokens.tokens)
@@ -121,8 +121,8 @@ def test_every_weight_sits_in_comfyuis_cast_on_call_layers(comfy, deadiff_name):
     loose = [n for n, p in deadiff.model.named_parameters() if id(p) not in owned]
     # what is not in a layer: learned tokens/embeddings a module adds itself (ComfyUI loads those as plain weights)
     assert all(n.endswith(("query_tokens", "class_embedding")) for n in loose), loose
-    i_to_k, i_to_v = deadiff.model.injection.layers("output_11")
-    assert i_to_k is deadiff.model.injection.sites["output_11"].i_to_k
+    i_to_k, i_to_v = deadiff.model.site_projections.layers("output_11")
+    assert i_to_k is deadiff.model.site_projections.sites["output_11"].i_to_k
     assert isinstance(i_to_k, ops.manual_cast.Linear) and isinstance(i_to_v, ops.manual_cast.Linear)
 
 
@@ -135,14 +135,14 @@ def test_patchers_are_the_class_comfyui_prefers(comfy, deadiff_name, monkeypatch
     path = str(comfy.base / "models" / "deadiff" / deadiff_name)
     expected = getattr(model_patcher, "CoreModelPatcher", model_patcher.ModelPatcher)
     deadiff = managed.ManagedDEADiff.from_file(path)
-    assert type(deadiff.encoder_patcher) is expected and type(deadiff.injection_patcher) is expected
+    assert type(deadiff.encoder_patcher) is expected and type(deadiff.site_projections_patcher) is expected
 
     class Preferred(model_patcher.ModelPatcher):
         pass
 
     monkeypatch.setattr(model_patcher, "CoreModelPatcher", Preferred, raising=False)
     deadiff = managed.ManagedDEADiff.from_file(path)
-    assert type(deadiff.encoder_patcher) is Preferred and type(deadiff.injection_patcher) is Preferred
+    assert type(deadiff.encoder_patcher) is Preferred and type(deadiff.site_projections_patcher) is Preferred
 
 
 def test_no_manual_unloading_in_the_pack(comfy):

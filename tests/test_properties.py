@@ -19,7 +19,7 @@ from deadiff_core.checkpoint import expected_shapes, is_kept, is_vision
 from deadiff_core.config import count_layers, infer_config
 from deadiff_core.masks import as_mask_batch, resize_to_grid
 from deadiff_core.preprocess import CLIP_MEAN, CLIP_STD, preprocess
-from deadiff_core.routing import SITES
+from deadiff_core.sites import SITES
 
 EXAMPLES = {  # test -> max_examples (docs/reliability.md quotes these; a test checks it does)
     "test_shape_inference_round_trips": 200,

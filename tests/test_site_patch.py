@@ -108,12 +108,12 @@ def test_mask_keeps_image_tokens_inside_it(comfy, patched, official_sd):
     mask = torch.zeros(1, h, w)
     mask[:, :, 3:] = 1.0
     mask[:, 0, 0] = 0.5
-    deadiff = site_patch(patched["model"], ("input", 1)).injections[0].deadiff
+    deadiff = site_patch(patched["model"], ("input", 1)).contributions[0].deadiff
     tokens = comfy.module("DEADiffStyleEncoder")
     style = tokens.encode(deadiff, torch.rand(1, 32, 32, 3), "style")
     (model,) = apply.apply(patched["model"].clone(), deadiff, 1.0, 1.0, 0.0, 1.0, style=style, attn_mask=mask)
     patch = site_patch(model, ("input", 1))
-    assert len(patch.injections) == 2, "the second Apply composes with the first"
+    assert len(patch.contributions) == 2, "the second Apply composes with the first"
     ckpt = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
     i_to_k, i_to_v = official_sd[ckpt + "i_to_k.weight"], official_sd[ckpt + "i_to_v.weight"]
     q, k, v = (torch.randn(2, h * w, 32) for _ in range(3))
@@ -126,7 +126,7 @@ def test_mask_keeps_image_tokens_inside_it(comfy, patched, official_sd):
         v_img = torch.cat([0.8 * e1 @ i_to_v.T, e2 @ i_to_v.T], 1)
         text = k.shape[1]
         bias = torch.zeros(1, h * w, text + 32)
-        bias[0, :, text + 16:] = torch.log(mask.flatten()).unsqueeze(-1)  # only the masked injection's tokens
+        bias[0, :, text + 16:] = torch.log(mask.flatten()).unsqueeze(-1)  # only the masked contribution's tokens
         expected = ref.attention_with_bias(q[i:i + 1], torch.cat([k[i:i + 1], k_img], 1),
                                            torch.cat([v[i:i + 1], v_img], 1), HEADS, bias)
         torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ import torch
 
 import deadiff_fakes
 from graphs import Graph
-from workflow_api import to_api
+from ui_to_api import to_api
 
 SAVED = Path(__file__).resolve().parent / "data" / "saved_before_v3"
 PACK_NODES = json.loads((SAVED / "object_info.json").read_text(encoding="utf-8"))
@@ -148,14 +148,14 @@ def saved_tokens(comfy, deadiff_name):
 
     managed = pack_module(comfy, "nodes.managed")
     encoders = pack_module(comfy, "nodes.encoders")
-    embedding = pack_module(comfy, "deadiff_core.embedding")
+    tokens_module = pack_module(comfy, "deadiff_core.tokens")
     tiny = comfy.module("DEADiffTest_TinySD15")
     deadiff = managed.ManagedDEADiff.from_file(folder_paths.get_full_path_or_raise("deadiff", deadiff_name))
     folder = comfy.base / "input" / "deadiff"
     folder.mkdir(parents=True, exist_ok=True)
     for branch, seed in (("style", 21), ("content", 22)):
         tokens = encoders.encode(deadiff, tiny.image_from_seed(seed, 80, 96), branch)
-        embedding.save_tokens(str(folder / f"fixture_{branch}.safetensors"), tokens)
+        tokens_module.save_tokens(str(folder / f"fixture_{branch}.safetensors"), tokens)
     return deadiff
 
 
@@ -188,15 +188,15 @@ def test_saved_workflow_validates_and_runs_with_its_values(comfy, saved_tokens):
     model = out[str(ids["apply"])][0]
     patches = model.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(patches) == 16
-    (injection,) = next(iter(patches.values())).injections
-    assert injection.weights == {"style": 0.9, "content": 0.6}
+    (contribution,) = next(iter(patches.values())).contributions
+    assert contribution.weights == {"style": 0.9, "content": 0.6}
     sampling = model.get_model_object("model_sampling")
-    assert injection.sigma_start == pytest.approx(float(sampling.percent_to_sigma(0.05)))
-    assert injection.sigma_end == pytest.approx(float(sampling.percent_to_sigma(0.95)))
+    assert contribution.sigma_start == pytest.approx(float(sampling.percent_to_sigma(0.05)))
+    assert contribution.sigma_end == pytest.approx(float(sampling.percent_to_sigma(0.95)))
     sites = {s.name: s for s in pack_module(comfy, "deadiff_core.routing").SITES}
-    assert injection.routing.route(sites["output_3"]).scale == pytest.approx(0.8)
-    assert injection.routing.route(sites["input_7"]).scale == pytest.approx(0.5)
-    assert injection.mask is not None and injection.negative["style"] is not None
+    assert contribution.routing.route(sites["output_3"]).scale == pytest.approx(0.8)
+    assert contribution.routing.route(sites["input_7"]).scale == pytest.approx(0.5)
+    assert contribution.mask is not None and contribution.negative["style"] is not None
 
 
 @pytest.mark.server

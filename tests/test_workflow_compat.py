@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_api import WorkflowError, to_api
+from ui_to_api import WorkflowError, to_api
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_workflows" / "deadiff_style_transfer.json"
 

@@ -20,7 +20,7 @@ import pytest
 FAST: dict[str, set[str] | None] = {
     # the core math, no ComfyUI
     "test_core_checkpoint.py": None,
-    "test_core_embedding.py": None,
+    "test_core_tokens.py": None,
     "test_core_encoders.py": None,
     "test_properties.py": None,
     # one site's patch against the reference, in the in-process ComfyUI

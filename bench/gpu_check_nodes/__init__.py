@@ -72,7 +72,7 @@ class DEADiffBench_Probe:
                           device_name=torch.cuda.get_device_name(device))
         if deadiff is not None:
             report["deadiff"] = {"encoder": _patcher_report(deadiff.encoder_patcher),
-                                 "injection": _patcher_report(deadiff.injection_patcher)}
+                                 "site_projections": _patcher_report(deadiff.site_projections_patcher)}
         return {"ui": {"deadiff_bench": [json.dumps(report)]}}
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .routing import BRANCHES
+from .sites import BRANCHES
 
 TOKENS_FORMAT = "deadiff-tokens"
 TOKENS_VERSION = "1"

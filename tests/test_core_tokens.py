@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 import deadiff_fakes
 from deadiff_core import load_deadiff
 from deadiff_core.convert import convert
-from deadiff_core.embedding import DEADiffTokens, TokensError, load_tokens, mix, save_tokens
-from deadiff_core.routing import SITES, Route, Routing, RoutingError
+from deadiff_core.tokens import DEADiffTokens, TokensError, load_tokens, mix, save_tokens
+from deadiff_core.sites import SITES
+from deadiff_core.routing import Route, Routing, RoutingError
 
 
 def tokens(seed, items=1, count=16, width=8, source="abc", branch="style", per_latent=False):
