@@ -4,6 +4,7 @@ ComfyUI imports this folder from custom_nodes and calls `comfy_entrypoint` (its 
 everything ComfyUI-specific lives in `nodes/`, the model code in `deadiff_core/` (plain PyTorch +
 transformers).
 """
+
 try:
     import folder_paths  # noqa: F401  (always importable when ComfyUI loads us)
 except ModuleNotFoundError:

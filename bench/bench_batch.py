@@ -12,6 +12,7 @@ and a single run's boot + load cost (its wall time minus the batch's per-picture
 first). With tiny models the sampling is nearly free, so the ratio shows the fixed cost a batch
 saves; with real weights the load (a 9 GB file, or the 1.2 GB compact one) is a larger share.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def cli(args, env) -> tuple[float, str]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "deadiff_runner.cli", *args], env=env, capture_output=True,
-                            text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "deadiff_runner.cli", *args], env=env, capture_output=True, text=True, cwd=REPO
+    )
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"the runner failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -58,11 +60,23 @@ def main(argv=None) -> int:
     (base / "models" / "deadiff").mkdir(parents=True)
     deadiff_fakes.place(base / "models" / "deadiff", "deadiff_v1.ckpt", seed=0)
     style = work / "style.png"
-    Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)).numpy() * 255)
-                    .astype("uint8")).save(style)
+    Image.fromarray(
+        (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)).numpy() * 255).astype("uint8")
+    ).save(style)
     env = {**os.environ, "PYTHONPATH": str(REPO), "DEADIFF_RUNNER_TEST_PACK": str(REPO / "tests" / "comfy_test_pack")}
-    common = ["--base-directory", str(base), "--style", str(style), "--steps", str(args.steps),
-              "--width", str(args.size), "--height", str(args.size), "-q"]
+    common = [
+        "--base-directory",
+        str(base),
+        "--style",
+        str(style),
+        "--steps",
+        str(args.steps),
+        "--width",
+        str(args.size),
+        "--height",
+        str(args.size),
+        "-q",
+    ]
     prompts = [f"picture number {i}" for i in range(args.jobs)]
 
     try:
@@ -88,15 +102,23 @@ def _measure(args, work: Path, common: list, prompts: list, env: dict, from_env:
     steady = float(later.group(1)) if later else first
     single_each = sum(singles) / len(singles)
     batch_each = elapsed / args.jobs
-    print(f"ComfyUI {from_env}, {args.jobs} pictures of {args.size}x{args.size}, {args.steps} steps, tiny models, "
-          f"CPU threads {torch.get_num_threads()}")
+    print(
+        f"ComfyUI {from_env}, {args.jobs} pictures of {args.size}x{args.size}, {args.steps} steps, tiny models, "
+        f"CPU threads {torch.get_num_threads()}"
+    )
     print(f"single runs : {single_each:6.1f} s per picture (wall, {args.jobs} processes)")
-    print(f"one batch   : {batch_each:6.1f} s per picture (wall {elapsed:.1f} s for {args.jobs}: boot {boot:.1f} s, "
-          f"first picture {first:.1f} s, then {steady:.1f} s each)")
-    print(f"ratio       : a batch picture costs {batch_each / single_each:.2f}x a single run's "
-          f"({single_each / batch_each:.1f}x faster)")
-    print(f"single run's boot + load: {single_each - steady:.1f} s of its {single_each:.1f} s "
-          f"(boot alone {boot:.1f} s in the batch's process)")
+    print(
+        f"one batch   : {batch_each:6.1f} s per picture (wall {elapsed:.1f} s for {args.jobs}: boot {boot:.1f} s, "
+        f"first picture {first:.1f} s, then {steady:.1f} s each)"
+    )
+    print(
+        f"ratio       : a batch picture costs {batch_each / single_each:.2f}x a single run's "
+        f"({single_each / batch_each:.1f}x faster)"
+    )
+    print(
+        f"single run's boot + load: {single_each - steady:.1f} s of its {single_each:.1f} s "
+        f"(boot alone {boot:.1f} s in the batch's process)"
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ ratio to DEADiff alone, every figure measured in the same run:
 
 On a CUDA machine it runs fp16 at 64x64 (512 px).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,18 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("DEADIFF_RUNNER_TEST_PACK", str(REPO / "tests" / "comfy_test_pack"))  # the stand-in's node
 CACHE = Path(os.environ.get("DEADIFF_CACHE", Path.home() / ".cache" / "comfyui-deadiff"))
-DIMS = dict(vision_width=64, vision_layers=1, patch_size=32, image_size=224, qformer_hidden=768, qformer_layers=1,
-            qformer_intermediate=256, num_query_tokens=16, model_channels=320, proj_intermediate=256)
+DIMS = dict(
+    vision_width=64,
+    vision_layers=1,
+    patch_size=32,
+    image_size=224,
+    qformer_hidden=768,
+    qformer_layers=1,
+    qformer_intermediate=256,
+    num_query_tokens=16,
+    model_channels=320,
+    proj_intermediate=256,
+)
 CFG = 7.5
 
 
@@ -66,11 +77,15 @@ def full_size_sd15(tiny_models, dtype):
     import comfy.supported_models
 
     config = comfy.supported_models.SD15(tiny_models.sd15_unet_config(context_dim=768, model_channels=320))
-    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, mm.get_torch_device(), config.supported_inference_dtypes))
+    config.set_inference_dtype(
+        dtype, mm.unet_manual_cast(dtype, mm.get_torch_device(), config.supported_inference_dtypes)
+    )
     model = config.get_model({}, "", device=mm.unet_offload_device())
     tiny_models.init_parameters_(model, 0)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def call(nodes, node_id, **inputs):
@@ -80,8 +95,11 @@ def call(nodes, node_id, **inputs):
 
 def site_inputs(size: int, device, dtype, batch: int = 2):
     """q, k, v of each SD1.5 site at a size x size latent, and the options ComfyUI hands the patch."""
-    grids = {"input": {1: 1, 2: 1, 4: 2, 5: 2, 7: 4, 8: 4}, "output": {3: 4, 4: 4, 5: 4, 6: 2, 7: 2, 8: 2,
-                                                                       9: 1, 10: 1, 11: 1}, "middle": {0: 8}}
+    grids = {
+        "input": {1: 1, 2: 1, 4: 2, 5: 2, 7: 4, 8: 4},
+        "output": {3: 4, 4: 4, 5: 4, 6: 2, 7: 2, 8: 2, 9: 1, 10: 1, 11: 1},
+        "middle": {0: 8},
+    }
     widths = {1: 320, 2: 640, 4: 1280, 8: 1280}
     gen = torch.Generator().manual_seed(0)
     inputs = {}
@@ -90,10 +108,18 @@ def site_inputs(size: int, device, dtype, batch: int = 2):
             h = w = max(size // down, 1)
             c = widths[down]
             q, k, v = (torch.randn(batch, n, c, generator=gen).to(device, dtype) for n in (h * w, 77, 77))
-            options = {"n_heads": 8, "dim_head": c // 8, "attn_precision": None, "cond_or_uncond": [0, 1],
-                       "sigmas": torch.full((batch,), 5.0, device=device), "block": (kind, number),
-                       "block_index": 0, "transformer_index": 0, "activations_shape": [batch, c, h, w],
-                       "original_shape": [batch, 4, size, size]}
+            options = {
+                "n_heads": 8,
+                "dim_head": c // 8,
+                "attn_precision": None,
+                "cond_or_uncond": [0, 1],
+                "sigmas": torch.full((batch,), 5.0, device=device),
+                "block": (kind, number),
+                "block_index": 0,
+                "transformer_index": 0,
+                "activations_shape": [batch, c, h, w],
+                "original_shape": [batch, 4, size, size],
+            }
             inputs[(kind, number)] = (q, k, v, options)
     return inputs
 
@@ -133,8 +159,10 @@ def main() -> None:
     import importlib
 
     tiny_models = importlib.import_module(nodes["DEADiffTest_TinySD15"].__module__.rsplit(".", 1)[0] + ".tiny_models")
-    log(f"device {device}, {dtype}, latent {size}x{size} ({size * 8} px), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
+    log(
+        f"device {device}, {dtype}, latent {size}x{size} ({size * 8} px), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     import deadiff_fakes
 
@@ -147,8 +175,17 @@ def main() -> None:
     style = tokens.DEADiffTokens("style", torch.randn(1, 16, 768), deadiff.fingerprint, source_name=deadiff.name)
 
     base = full_size_sd15(tiny_models, dtype)
-    dd = call(nodes, "DEADiffApply", model=base, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-              start_at=0.0, end_at=1.0, style=style)[0]
+    dd = call(
+        nodes,
+        "DEADiffApply",
+        model=base,
+        deadiff=deadiff,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+    )[0]
     other = call(nodes, "DEADiffTest_IPAdapterStandIn", model=base, seed=1, weight=1.0, start_at=0.0, end_at=1.0)[0]
     both = call(nodes, "DEADiffTest_IPAdapterStandIn", model=dd, seed=1, weight=1.0, start_at=0.0, end_at=1.0)[0]
 
@@ -173,7 +210,9 @@ def main() -> None:
         "plain attention": {block: plain for block in inputs},
         "DEADiff alone": lookup(attn2(dd)),
         "other pack alone": lookup(attn2(other)),
-        "DEADiff + other pack": lookup(composer.resolve(both.model_options["transformer_options"])["patches_replace"]["attn2"]),
+        "DEADiff + other pack": lookup(
+            composer.resolve(both.model_options["transformer_options"])["patches_replace"]["attn2"]
+        ),
     }
     composed_sites = sum(type(p).__name__ == "ComposedSitePatch" for p in variants["DEADiff + other pack"].values())
     for patches in variants.values():
@@ -184,14 +223,22 @@ def main() -> None:
             times[label].append(replay(patches, inputs, sync))
     med = {label: statistics.median(t) for label, t in times.items()}
     extra = med["DEADiff + other pack"] - med["DEADiff alone"] - med["other pack alone"]
-    log(f"\nattn2 replay, 16 sites, batch 2 (median of {args.rounds}); the other pack combined at {composed_sites} sites")
+    log(
+        f"\nattn2 replay, 16 sites, batch 2 (median of {args.rounds}); "
+        f"the other pack combined at {composed_sites} sites"
+    )
     for label, t in med.items():
         log(f"  {label:<24} {t * 1e3:9.2f} ms   {t / med['DEADiff alone']:6.3f} x DEADiff alone")
-    log(f"  extra cost of combining  {extra * 1e3:9.2f} ms   {extra / med['DEADiff alone']:6.3f} x DEADiff alone's "
+    log(
+        f"  extra cost of combining  {extra * 1e3:9.2f} ms   {extra / med['DEADiff alone']:6.3f} x DEADiff alone's "
         f"attn2 time (one plain attention at each of {composed_sites} sites: "
-        f"{(med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms expected)")
-    log(f"  (combined - DEADiff - the other pack's added term = {(extra + med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms: "
-        "the extra plain attention and the other patch's own, which it cancels)")
+        f"{(med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms expected)"
+    )
+    log(
+        f"  (combined - DEADiff - the other pack's added term = "
+        f"{(extra + med['plain attention'] * composed_sites / 16) * 1e3:.2f} ms: "
+        "the extra plain attention and the other patch's own, which it cancels)"
+    )
 
     if args.no_steps:
         return
@@ -203,22 +250,28 @@ def main() -> None:
     noise = torch.randn(latent.shape, generator=gen)
     step_times = {"DEADiff alone": [], "DEADiff + other pack": []}
     models = {"DEADiff alone": dd, "DEADiff + other pack": both}
-    for label, model in models.items():  # warm-up
-        comfy.sample.sample(model, noise, 1, CFG, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=0)
+    for model in models.values():  # warm-up
+        comfy.sample.sample(
+            model, noise, 1, CFG, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=0
+        )
     for _ in range(args.step_rounds):
         for label, model in models.items():
             start = time.perf_counter()
-            comfy.sample.sample(model, noise, args.steps, CFG, "euler", "normal", positive, negative, latent,
-                                disable_pbar=True, seed=0)
+            comfy.sample.sample(
+                model, noise, args.steps, CFG, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=0
+            )
             sync()
             step_times[label].append((time.perf_counter() - start) / args.steps)
     step = {label: statistics.median(t) for label, t in step_times.items()}
     log(f"\nKSampler step (cond + uncond), median of {args.step_rounds} runs x {args.steps} steps")
     for label, t in step.items():
         log(f"  {label:<24} {t * 1e3:9.1f} ms   {t / step['DEADiff alone']:6.3f} x DEADiff alone")
-    log(f"  extra cost of combining (from the replay) = {extra / step['DEADiff alone'] * 100:.2f} % of a DEADiff step "
-        f"(the other pack's patch itself: {(med['other pack alone'] - med['plain attention']) / step['DEADiff alone'] * 100:.2f} % "
-        "over plain attention)")
+    log(
+        f"  extra cost of combining (from the replay) = {extra / step['DEADiff alone'] * 100:.2f} % of a DEADiff step "
+        "(the other pack's patch itself: "
+        f"{(med['other pack alone'] - med['plain attention']) / step['DEADiff alone'] * 100:.2f} % "
+        "over plain attention)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and encoder speed. Prints figures; ratios are measured in the same run.
 Targets (the ones docs/benchmarks.md checks): compact <= 1.6 GB at fp16; loading it >= 5x faster than
 the .ckpt; peak RSS while loading the .ckpt <= 1.3x the bytes we keep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,9 @@ def small_checkpoint(path: Path) -> None:
 
 
 def measure_load(path: Path, dtype: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(path), dtype], check=True, capture_output=True,
-                         text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_PROBE, str(path), dtype], check=True, capture_output=True, text=True, cwd=REPO
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -109,8 +111,10 @@ def main() -> None:
             ckpt = Path(tmp) / "deadiff_v1.ckpt"
             t = time.perf_counter()
             (small_checkpoint if args.small else full_size_checkpoint)(ckpt)
-            print(f"generated {ckpt.name} ({'tiny' if args.small else 'full-size'} random weights, official layout) "
-                  f"in {time.perf_counter() - t:.0f} s")
+            print(
+                f"generated {ckpt.name} ({'tiny' if args.small else 'full-size'} random weights, official layout) "
+                f"in {time.perf_counter() - t:.0f} s"
+            )
         compact = Path(tmp) / "deadiff_v1_compact.safetensors"
         compact32 = Path(tmp) / "deadiff_v1_compact_fp32.safetensors"
         t = time.perf_counter()
@@ -118,20 +122,26 @@ def main() -> None:
         gib = 1 << 30
         print(f"converted in {time.perf_counter() - t:.1f} s")
         convert(str(ckpt), str(compact32), "fp32")
-        print(f"file sizes: official .ckpt {ckpt.stat().st_size / gib:.2f} GiB, compact fp16 "
-              f"{compact.stat().st_size / gib:.3f} GiB ({compact.stat().st_size / 1e9:.3f} GB; target <= 1.6 GB), "
-              f"compact fp32 {compact32.stat().st_size / gib:.3f} GiB")
-        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-              f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+        print(
+            f"file sizes: official .ckpt {ckpt.stat().st_size / gib:.2f} GiB, compact fp16 "
+            f"{compact.stat().st_size / gib:.3f} GiB ({compact.stat().st_size / 1e9:.3f} GB; target <= 1.6 GB), "
+            f"compact fp32 {compact32.stat().st_size / gib:.3f} GiB"
+        )
+        print(
+            f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
+        )
         results = {}
         for label, path in (("official .ckpt", ckpt), ("compact fp16", compact), ("compact fp32", compact32)):
             for dtype in ("float32", "float16"):
                 r = measure_load(path, dtype)
                 results[(label, dtype)] = r
                 grown = r["peak"] - r["baseline"]
-                print(f"load {label:15s} as {dtype}: {r['seconds']:6.2f} s, peak RSS {r['peak'] / gib:.2f} GiB "
-                      f"(+{grown / gib:.2f} GiB over the imports), kept {r['kept'] / gib:.2f} GiB, "
-                      f"load growth / kept = {grown / r['kept']:.2f}x (target <= 1.3x)")
+                print(
+                    f"load {label:15s} as {dtype}: {r['seconds']:6.2f} s, peak RSS {r['peak'] / gib:.2f} GiB "
+                    f"(+{grown / gib:.2f} GiB over the imports), kept {r['kept'] / gib:.2f} GiB, "
+                    f"load growth / kept = {grown / r['kept']:.2f}x (target <= 1.3x)"
+                )
         for label in ("compact fp16", "compact fp32"):
             for dtype in ("float32", "float16"):
                 speedup = results[("official .ckpt", dtype)]["seconds"] / results[(label, dtype)]["seconds"]
@@ -139,8 +149,10 @@ def main() -> None:
         for dtype in ("float32", "float16"):  # the loader's log line estimates the fp16 compact file's gain
             r = results[("official .ckpt", dtype)]
             measured = r["seconds"] / results[("compact fp16", dtype)]["seconds"]
-            print(f"as {dtype}: the loader's log line estimates compact fp16 about {r['estimate']:.1f}x faster "
-                  f"(bytes to read); measured {measured:.1f}x. It logs: {r['log_line']}")
+            print(
+                f"as {dtype}: the loader's log line estimates compact fp16 about {r['estimate']:.1f}x faster "
+                f"(bytes to read); measured {measured:.1f}x. It logs: {r['log_line']}"
+            )
         for line in encoder_times(compact):
             print(line)
 

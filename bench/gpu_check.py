@@ -27,6 +27,7 @@ ComfyUI is $COMFYUI_DIR or ~/.cache/comfyui-deadiff/ComfyUI-0.33.0; run it with 
 ComfyUI's requirements (including comfy-aimdo and torchaudio) and this pack's. Generated weights are
 cached in ~/.cache/comfyui-deadiff/gpu_check (about 3.5 GB) for the next run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,12 +63,13 @@ def log(*parts) -> None:
 @dataclass(frozen=True)
 class Plan:
     """What one run does; --dry-run shrinks everything so the flow runs on a CPU in a minute."""
+
     dry: bool
-    size: int             # image side in pixels (latent = size / 8)
-    steps: tuple          # (short, long) sampling runs; a step = (long - short) / (long - short steps)
-    rounds: int           # sampling rounds (each runs every variant at both step counts)
-    encoder_reps: int     # timed encoder runs per batch size
-    context_dim: int      # text / DEADiff token width (768 for SD1.5)
+    size: int  # image side in pixels (latent = size / 8)
+    steps: tuple  # (short, long) sampling runs; a step = (long - short) / (long - short steps)
+    rounds: int  # sampling rounds (each runs every variant at both step counts)
+    encoder_reps: int  # timed encoder runs per batch size
+    context_dim: int  # text / DEADiff token width (768 for SD1.5)
 
     @classmethod
     def from_args(cls, args) -> "Plan":
@@ -84,8 +86,10 @@ class Graph:
 
     def node(self, class_type: str, **inputs) -> str:
         node_id = str(len(self.prompt) + 1)
-        self.prompt[node_id] = {"class_type": class_type,
-                                "inputs": {k: ([v[0], v[1]] if isinstance(v, tuple) else v) for k, v in inputs.items()}}
+        self.prompt[node_id] = {
+            "class_type": class_type,
+            "inputs": {k: ([v[0], v[1]] if isinstance(v, tuple) else v) for k, v in inputs.items()},
+        }
         return node_id
 
 
@@ -131,15 +135,36 @@ def sample_graph(plan: Plan, variant: str, steps: int, seed: int, label: str | N
     elif variant == "DEADiff style":
         image = g.node("DEADiffTest_ImageFromSeed", seed=1, width=224, height=224, batch_size=1, channels=3)
         style = g.node("DEADiffStyleEncoder", deadiff=out(loader), image=out(image))
-        model = out(g.node("DEADiffApply", model=model, deadiff=out(loader), style_weight=1.0, content_weight=1.0,
-                           start_at=0.0, end_at=1.0, style=out(style)))
+        model = out(
+            g.node(
+                "DEADiffApply",
+                model=model,
+                deadiff=out(loader),
+                style_weight=1.0,
+                content_weight=1.0,
+                start_at=0.0,
+                end_at=1.0,
+                style=out(style),
+            )
+        )
     elif variant != "unpatched":
         raise ValueError(f"unknown variant {variant!r}")
     pos = g.node("CLIPTextEncode", clip=out(tiny, 1), text="a lighthouse at dusk")
     neg = g.node("CLIPTextEncode", clip=out(tiny, 1), text=NEGATIVE)
     latent = g.node("EmptyLatentImage", width=plan.size, height=plan.size, batch_size=1)
-    sample = g.node("KSampler", model=model, seed=seed, steps=steps, cfg=CFG, sampler_name="euler",
-                    scheduler="normal", positive=out(pos), negative=out(neg), latent_image=out(latent), denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=CFG,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=out(pos),
+        negative=out(neg),
+        latent_image=out(latent),
+        denoise=1.0,
+    )
     g.node("DEADiffBench_Probe", label=label or f"{variant} {steps} steps", after=out(sample), deadiff=out(loader))
     return g.prompt
 
@@ -166,8 +191,9 @@ def write_unet(path: Path, comfyui: Path) -> None:
     import_comfy(comfyui)
     import comfy.supported_models
 
-    spec = importlib.util.spec_from_file_location("deadiff_gpu_check_tiny_models",
-                                                  TESTS / "comfy_test_pack" / "tiny_models.py")
+    spec = importlib.util.spec_from_file_location(
+        "deadiff_gpu_check_tiny_models", TESTS / "comfy_test_pack" / "tiny_models.py"
+    )
     tiny_models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny_models)
     config = comfy.supported_models.SD15(tiny_models.sd15_unet_config(context_dim=768, model_channels=320))
@@ -224,11 +250,22 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "wb")
-        cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(base),
-               "--disable-auto-launch", "--dont-print-server"] + (["--cpu"] if cpu else [])
+        cmd = [
+            python,
+            "main.py",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(base),
+            "--disable-auto-launch",
+            "--dont-print-server",
+        ] + (["--cpu"] if cpu else [])
         log("server: " + " ".join(cmd[1:]))
-        self.process = subprocess.Popen(cmd, cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd, cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 180
         while True:
             if self.process.poll() is not None:
@@ -239,7 +276,7 @@ class Server:
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"ComfyUI did not answer within 180 s:\n{self.log_tail()}")
+                    raise RuntimeError(f"ComfyUI did not answer within 180 s:\n{self.log_tail()}") from None
                 time.sleep(0.5)
 
     def log_tail(self, chars: int = 6000) -> str:
@@ -252,8 +289,11 @@ class Server:
 
     def run(self, prompt: dict, timeout: float = 240) -> dict:
         """Queue `prompt`, wait for it; its history entry (raises with ComfyUI's message if it failed)."""
-        request = urllib.request.Request(self.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + "/prompt",
+            data=json.dumps({"prompt": prompt}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as r:
                 prompt_id = json.loads(r.read())["prompt_id"]
@@ -294,10 +334,18 @@ def probes(entry: dict) -> list:
 def memory_line(reading: dict) -> str:
     parts = [f"{reading['label']}:"]
     if "device_used_mb" in reading:
-        parts.append(f"GPU in use {reading['device_used_mb']:.0f} MB (torch allocated {reading['torch_allocated_mb']:.0f},"
-                     f" reserved {reading['torch_reserved_mb']:.0f})")
-    loaded = ", ".join(f"{m['model']} {m['patcher']}{' dynamic' if m['dynamic'] else ''} {m['loaded_mb']:.0f}/"
-                       f"{m['size_mb']:.0f} MB" for m in reading["loaded"]) or "none"
+        parts.append(
+            f"GPU in use {reading['device_used_mb']:.0f} MB (torch allocated {reading['torch_allocated_mb']:.0f},"
+            f" reserved {reading['torch_reserved_mb']:.0f})"
+        )
+    loaded = (
+        ", ".join(
+            f"{m['model']} {m['patcher']}{' dynamic' if m['dynamic'] else ''} {m['loaded_mb']:.0f}/"
+            f"{m['size_mb']:.0f} MB"
+            for m in reading["loaded"]
+        )
+        or "none"
+    )
     parts.append(f"loaded models (resident/size): {loaded}")
     return " ".join(parts)
 
@@ -332,7 +380,7 @@ def measure(server: Server, plan: Plan, deadline: float) -> dict:
         if time.monotonic() > deadline:
             log(f"(time budget reached after {r} sampling rounds)")
             break
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
         for variant in order:
             # an untimed run first: switching variants (other patches, other models to load) costs once
             server.run(sample_graph(plan, variant, plan.steps[0], seed=50 + r))
@@ -351,14 +399,18 @@ def measure(server: Server, plan: Plan, deadline: float) -> dict:
 def report(results: dict, plan: Plan, server: Server) -> None:
     first = results["first"]
     log("\n== DynamicVRAM")
-    log(f"device: {first.get('device_name', first['device'])}; DynamicVRAM active: {first['dynamic_vram']}; "
-        f"ComfyUI's CoreModelPatcher: {first['core_patcher']}")
+    log(
+        f"device: {first.get('device_name', first['device'])}; DynamicVRAM active: {first['dynamic_vram']}; "
+        f"ComfyUI's CoreModelPatcher: {first['core_patcher']}"
+    )
     enabled_line = [line for line in server.log_tail(200000).splitlines() if "DynamicVRAM" in line]
     log("server log: " + (enabled_line[0].strip() if enabled_line else "(no DynamicVRAM line)"))
     if results.get("deadiff_patchers"):
         d = results["deadiff_patchers"]
-        log(f"DEADiff encoders: {d['encoder']['patcher']} (dynamic: {d['encoder']['dynamic']}); "
-            f"site projections: {d['site_projections']['patcher']} (dynamic: {d['site_projections']['dynamic']})")
+        log(
+            f"DEADiff encoders: {d['encoder']['patcher']} (dynamic: {d['encoder']['dynamic']}); "
+            f"site projections: {d['site_projections']['patcher']} (dynamic: {d['site_projections']['dynamic']})"
+        )
     for variant, loaded in results.get("sampling_patchers", {}).items():
         legacy = [m["model"] for m in loaded if not m["dynamic"]]
         log(f"loaded after sampling {variant}: {len(loaded)} models, not dynamic: {legacy or 'none'}")
@@ -369,34 +421,52 @@ def report(results: dict, plan: Plan, server: Server) -> None:
 
     log("\n== DEADiff Style Encoder through the node (prompt time minus the same prompt without the encoder)")
     for batch, (secs, raw) in results["encoder"].items():
-        log(f"batch {batch}: {1000 * secs:.1f} ms, {1000 * secs / batch:.1f} ms/image "
-            f"(with encoder, each run: {', '.join(f'{1000 * x:.0f}' for x in raw)} ms)")
+        log(
+            f"batch {batch}: {1000 * secs:.1f} ms, {1000 * secs / batch:.1f} ms/image "
+            f"(with encoder, each run: {', '.join(f'{1000 * x:.0f}' for x in raw)} ms)"
+        )
     if 1 in results["encoder"] and 8 in results["encoder"] and results["encoder"][8][0] > 0:
-        log(f"batch 8 per image is {results['encoder'][1][0] / (results['encoder'][8][0] / 8):.1f}x faster than batch 1")
+        log(
+            f"batch 8 per image is {results['encoder'][1][0] / (results['encoder'][8][0] / 8):.1f}x faster than batch 1"
+        )
 
-    log(f"\n== sampling step at {plan.size}x{plan.size}, batch 1, cfg {CFG} (cond + uncond), euler: "
-        f"({plan.steps[1]}-step run - {plan.steps[0]}-step run) / {plan.steps[1] - plan.steps[0]}, median of rounds")
+    log(
+        f"\n== sampling step at {plan.size}x{plan.size}, batch 1, cfg {CFG} (cond + uncond), euler: "
+        f"({plan.steps[1]}-step run - {plan.steps[0]}-step run) / {plan.steps[1] - plan.steps[0]}, median of rounds"
+    )
     steps = results["steps"]
     for variant, (per_step, raw) in steps.items():
         short_runs, long_runs = results["runs"][variant]
-        log(f"{variant}: {1000 * per_step:.2f} ms/step (rounds: {', '.join(f'{1000 * x:.2f}' for x in raw)}; "
-            f"whole prompts, s: {plan.steps[0]} steps {short_runs}, {plan.steps[1]} steps {long_runs})")
+        log(
+            f"{variant}: {1000 * per_step:.2f} ms/step (rounds: {', '.join(f'{1000 * x:.2f}' for x in raw)}; "
+            f"whole prompts, s: {plan.steps[0]} steps {short_runs}, {plan.steps[1]} steps {long_runs})"
+        )
     if all(v in steps for v in VARIANTS):
         base, floor, ours = (steps[v][0] for v in VARIANTS)
-        log(f"DEADiff vs unpatched: {100 * (ours / base - 1):+.1f}%; floor vs unpatched: {100 * (floor / base - 1):+.1f}%; "
-            f"DEADiff above the floor: {100 * (ours / floor - 1):+.1f}%")
+        log(
+            f"DEADiff vs unpatched: {100 * (ours / base - 1):+.1f}%; "
+            f"floor vs unpatched: {100 * (floor / base - 1):+.1f}%; "
+            f"DEADiff above the floor: {100 * (ours / floor - 1):+.1f}%"
+        )
     if plan.dry:
         log("\n(dry run: tiny models on the CPU with --cpu; the figures above measure nothing)")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(CACHE / "ComfyUI-0.33.0"),
-                        help="the ComfyUI to run (default $COMFYUI_DIR, else the cached 0.33.0)")
+    parser.add_argument(
+        "--comfyui-dir",
+        default=os.environ.get("COMFYUI_DIR") or str(CACHE / "ComfyUI-0.33.0"),
+        help="the ComfyUI to run (default $COMFYUI_DIR, else the cached 0.33.0)",
+    )
     parser.add_argument("--python", default=sys.executable, help="Python for the server (default: this one)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[5, 25],
-                        help="short,long step counts whose difference gives a step's time (default 5,25)")
+    parser.add_argument(
+        "--steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[5, 25],
+        help="short,long step counts whose difference gives a step's time (default 5,25)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (default 3)")
     parser.add_argument("--encoder-reps", type=int, default=4, help="timed encoder runs per batch size (default 4)")
     parser.add_argument("--budget", type=float, default=270, help="seconds after which no new sampling round starts")
@@ -416,8 +486,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     plan = Plan.from_args(args)
     if args.print_graphs:
-        graphs = {"probe": probe_graph(plan, "probe"), "encode b8": encode_graph(plan, 8, 1),
-                  "encode b8 without encoder": encode_graph(plan, 8, 1, encode=False)}
+        graphs = {
+            "probe": probe_graph(plan, "probe"),
+            "encode b8": encode_graph(plan, 8, 1),
+            "encode b8 without encoder": encode_graph(plan, 8, 1, encode=False),
+        }
         graphs.update({f"{v} {plan.steps[1]} steps": sample_graph(plan, v, plan.steps[1], 1) for v in VARIANTS})
         log(json.dumps(graphs, indent=1))
         return

@@ -1,5 +1,6 @@
 """bench_sampling's comparison of ComfyUI's attention functions (and PyTorch's SDPA kernels on a GPU) on
 the real attn2 shapes with 16 extra keys: time per step and agreement with plain float32 attention."""
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,7 @@ class BackendPatch:
             bias = None
             if self.masked:
                 bias = torch.zeros(q.shape[0], q.shape[1], k.shape[1] + self.extra, device=q.device, dtype=q.dtype)
-                bias[:, q.shape[1] // 2:, k.shape[1]:] = float("-inf")
+                bias[:, q.shape[1] // 2 :, k.shape[1] :] = float("-inf")
             self._cache[key] = (zeros, bias)
         return self._cache[key]
 
@@ -57,10 +58,14 @@ def attention_backends(inputs, rounds: int, sync=None) -> None:
         if fn is not None:
             functions[name] = fn
     chosen = {fn: name for name, fn in functions.items()}
-    log(f"ComfyUI picks: optimized_attention = {chosen.get(attention.optimized_attention, '?')}, "
-        f"optimized_attention_masked = {chosen.get(attention.optimized_attention_masked, '?')}")
-    log("attention function | masked | ms per step (16 sites, fastest per site) | max abs error vs float32 at "
-        "head width 40 / 80 / 160")
+    log(
+        f"ComfyUI picks: optimized_attention = {chosen.get(attention.optimized_attention, '?')}, "
+        f"optimized_attention_masked = {chosen.get(attention.optimized_attention_masked, '?')}"
+    )
+    log(
+        "attention function | masked | ms per step (16 sites, fastest per site) | max abs error vs float32 at "
+        "head width 40 / 80 / 160"
+    )
     log("---|---|---|---")
     for masked in (False, True):
         patches = {name: BackendPatch(fn, masked) for name, fn in functions.items()}
@@ -75,18 +80,26 @@ def attention_backends(inputs, rounds: int, sync=None) -> None:
                 try:
                     out = patch(q, k, v, options)
                     zeros, bias = patch.extras(q, k)
-                    ref = reference_attention(q, torch.cat([k, zeros], 1), torch.cat([v, zeros], 1),
-                                              options["n_heads"], bias)
+                    ref = reference_attention(
+                        q, torch.cat([k, zeros], 1), torch.cat([v, zeros], 1), options["n_heads"], bias
+                    )
                     errors[name][width] = f"{(out.float() - ref).abs().max().item():.1e}"
                 except Exception as e:  # a backend that cannot run these shapes
                     errors[name][width] = f"fails ({type(e).__name__})"
         runnable = [st for st in states if not any(e.startswith("fails") for e in errors[st[0]].values())]
-        times = replay_interleaved(runnable, {n: {b: p for b, _ in inputs} for n, p in patches.items()}, inputs,
-                                   rounds, sync=sync) if runnable else {}
+        times = (
+            replay_interleaved(
+                runnable, {n: {b: p for b, _ in inputs} for n, p in patches.items()}, inputs, rounds, sync=sync
+            )
+            if runnable
+            else {}
+        )
         for name in functions:
             cell = f"{1000 * times[name]:.1f}" if name in times else "-"
-            log(f"{name} | {'yes' if masked else 'no'} | {cell} | "
-                + " / ".join(errors[name].get(w, "-") for w in (40, 80, 160)))
+            log(
+                f"{name} | {'yes' if masked else 'no'} | {cell} | "
+                + " / ".join(errors[name].get(w, "-") for w in (40, 80, 160))
+            )
 
 
 def sdpa_kernels(inputs) -> None:
@@ -108,7 +121,7 @@ def sdpa_kernels(inputs) -> None:
         k, v = (torch.cat([t, torch.zeros(b, 16, t.shape[2], device=t.device, dtype=t.dtype)], 1) for t in (k, v))
         qh, kh, vh = (t.view(b, -1, heads, width).transpose(1, 2) for t in (q, k, v))
         bias = torch.zeros(b, 1, q.shape[1], k.shape[1], device=q.device, dtype=q.dtype)
-        bias[:, :, q.shape[1] // 2:, -16:] = float("-inf")
+        bias[:, :, q.shape[1] // 2 :, -16:] = float("-inf")
         cells = []
         for kernel in kernels:
             for mask in (None, bias):

@@ -1,5 +1,6 @@
 """bench_sampling's measuring tools: step timer, attn2 replay (interleaved, fastest per site), K/V
 recomputation counter, aten op counter, tensor accounting of the patches' caches."""
+
 from __future__ import annotations
 
 import collections
@@ -10,6 +11,7 @@ import time
 import torch
 
 from sampling_setup import Pack
+
 
 class KVCounter:
     """Counts calls of deadiff_core.attention.image_keys_values (the image K/V projection), wherever the
@@ -73,11 +75,13 @@ def count_ops():
     with Mode():
         yield counter
 
+
 class StepTimer:
     """Wall time of every UNet forward (one model call = cond + uncond batch), per variant label."""
+
     def __init__(self, unet):
-        self.times = collections.defaultdict(list)   # wall seconds
-        self.cpu = collections.defaultdict(list)     # this process's CPU seconds (all threads)
+        self.times = collections.defaultdict(list)  # wall seconds
+        self.cpu = collections.defaultdict(list)  # this process's CPU seconds (all threads)
         self.label = None
         self._t = self._c = None
         unet.register_forward_pre_hook(self._pre)
@@ -90,6 +94,7 @@ class StepTimer:
         if self.label is not None:
             self.times[self.label].append(time.perf_counter() - self._t)
             self.cpu[self.label].append(time.process_time() - self._c)
+
 
 def replay_inputs(record: dict):
     """The captured per-site (q, k, v, extra_options) of one model call (cond + uncond), in UNet order."""
@@ -109,8 +114,9 @@ def _call_site(patch, q, k, v, options):
     from comfy.ldm.modules.attention import optimized_attention
 
     if patch is None:  # what CrossAttention.forward does without a replace patch
-        return optimized_attention(q, k, v, options["n_heads"], attn_precision=options.get("attn_precision"),
-                                   transformer_options=options)
+        return optimized_attention(
+            q, k, v, options["n_heads"], attn_precision=options.get("attn_precision"), transformer_options=options
+        )
     return patch(q, k, v, options)
 
 

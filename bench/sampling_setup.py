@@ -3,6 +3,7 @@ file with random weights, the pack's nodes, the floor patch and the patched vari
 
 Imported first by bench/bench_sampling.py: it puts the repository and tests/ on sys.path.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,9 +20,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 CACHE = Path(os.environ.get("DEADIFF_CACHE", Path.home() / ".cache" / "comfyui-deadiff"))
 # Small encoder, full-width projections: the sampling path only sees the 32 i_to_* (768 -> site width).
-SAMPLING_DIMS = dict(vision_width=64, vision_layers=1, patch_size=32, image_size=224, qformer_hidden=768,
-                     qformer_layers=1, qformer_intermediate=256, num_query_tokens=16, model_channels=320,
-                     proj_intermediate=256)
+SAMPLING_DIMS = dict(
+    vision_width=64,
+    vision_layers=1,
+    patch_size=32,
+    image_size=224,
+    qformer_hidden=768,
+    qformer_layers=1,
+    qformer_intermediate=256,
+    num_query_tokens=16,
+    model_channels=320,
+    proj_intermediate=256,
+)
 CFG = 7.5
 WINDOWS = {"window 0.0-0.5": (0.0, 0.5), "window 0.3-0.8": (0.3, 0.8)}
 
@@ -33,6 +43,7 @@ def log(*parts) -> None:
 def pct(x: float) -> str:
     """A ratio minus 1 as a signed percentage: 0.023 -> +2.3%."""
     return f"{100 * x:+.1f}%"
+
 
 def comfyui_dir() -> Path:
     if os.environ.get("COMFYUI_DIR"):
@@ -52,8 +63,9 @@ def boot(cpu: bool):
 
 def tiny_models():
     """tests/comfy_test_pack/tiny_models.py: SD1.5 built from ComfyUI's classes, seeded init (reused, not copied)."""
-    spec = importlib.util.spec_from_file_location("deadiff_bench_tiny_models",
-                                                  REPO / "tests" / "comfy_test_pack" / "tiny_models.py")
+    spec = importlib.util.spec_from_file_location(
+        "deadiff_bench_tiny_models", REPO / "tests" / "comfy_test_pack" / "tiny_models.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,13 +80,15 @@ def full_size_sd15(dtype, seed: int = 0):
 
     tm = tiny_models()
     model_config = comfy.supported_models.SD15(tm.sd15_unet_config(context_dim=768, model_channels=320))
-    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, mm.get_torch_device(),
-                                                                 model_config.supported_inference_dtypes))
+    model_config.set_inference_dtype(
+        dtype, mm.unet_manual_cast(dtype, mm.get_torch_device(), model_config.supported_inference_dtypes)
+    )
     model = model_config.get_model({}, "", device=mm.unet_offload_device())
     tm.init_parameters_(model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def fake_deadiff(folder: Path, dims: dict, name: str):
@@ -88,6 +102,7 @@ def fake_deadiff(folder: Path, dims: dict, name: str):
 
 class Pack:
     """The pack's nodes and modules as ComfyUI loaded them (never a second import)."""
+
     def __init__(self, session):
         self.nodes = session.nodes.NODE_CLASS_MAPPINGS
         self.apply_module = sys.modules[self.nodes["DEADiffApply"].__module__]
@@ -136,9 +151,14 @@ class FloorPatch:
         zeros = self._zeros.get(zkey)
         if zeros is None:
             zeros = self._zeros[zkey] = torch.zeros(k.shape[0], self.extra, k.shape[2], device=k.device, dtype=k.dtype)
-        return optimized_attention(q, torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1),
-                                   extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                                   transformer_options=extra_options)
+        return optimized_attention(
+            q,
+            torch.cat([k, zeros], dim=1),
+            torch.cat([v, zeros], dim=1),
+            extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
 
 
 def with_floor(model, extra: int, record: dict | None = None):
@@ -156,14 +176,16 @@ def attn2_patches(model) -> dict:
     replace = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     return {key[:2]: patch for key, patch in replace.items()}
 
+
 def sample(model, size: int, steps: int, conds, seed: int = 0, batch: int = 1):
     import comfy.sample
 
     positive, negative = conds
     latent = torch.zeros(batch, 4, size, size)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, steps, CFG, "euler", "normal", positive, negative, latent,
-                               disable_pbar=True, seed=seed)
+    return comfy.sample.sample(
+        model, noise, steps, CFG, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+    )
 
 
 def make_conds(seed: int = 1):
@@ -187,20 +209,25 @@ def build_variants(pack: Pack, base, deadiff, style_a, style_b, size: int, recor
         "DEADiff style (official)": pack.apply(base, deadiff, style=style_a),
         "DEADiff style + attn_mask": pack.apply(base, deadiff, style=style_a, attn_mask=mask),
         "two Apply nodes": pack.apply(pack.apply(base, deadiff, style=style_a), deadiff, style=style_b),
-        "two Apply + two masks": pack.apply(pack.apply(base, deadiff, style=style_a, attn_mask=mask), deadiff,
-                                            style=style_b, attn_mask=1.0 - mask),
+        "two Apply + two masks": pack.apply(
+            pack.apply(base, deadiff, style=style_a, attn_mask=mask), deadiff, style=style_b, attn_mask=1.0 - mask
+        ),
     }
     for label, (start, end) in WINDOWS.items():
         variants[label] = pack.apply(base, deadiff, start_at=start, end_at=end, style=style_a)
     return variants
+
 
 def window_sigmas(model, start: float, end: float) -> dict:
     """A sigma inside and one outside the start/end window."""
     sampling = model.get_model_object("model_sampling")
     inside = (start + end) / 2
     outside = end + (1 - end) / 2 if end < 1 else start / 2
-    return {"in window": float(sampling.percent_to_sigma(inside)),
-            "out of window": float(sampling.percent_to_sigma(outside))}
+    return {
+        "in window": float(sampling.percent_to_sigma(inside)),
+        "out of window": float(sampling.percent_to_sigma(outside)),
+    }
+
 
 def encoder_bytes_full_size() -> tuple[int, int]:
     """fp16 bytes of the DEADiff encoders (one shared vision tower, two Q-Formers, two ProjLayers) and of the

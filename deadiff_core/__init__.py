@@ -2,6 +2,7 @@
 
 Never imports ComfyUI, so it is testable (and usable) on its own.
 """
+
 from .attention import disentangled_attention, image_keys_values
 from .config import DEADiffConfig
 from .tokens import DEADiffTokens
@@ -9,5 +10,17 @@ from .errors import DEADiffCheckpointError
 from .model import DEADiffModel, load_deadiff
 from .sites import BRANCHES, CONTENT, SITES, STYLE, Site
 
-__all__ = ["load_deadiff", "DEADiffModel", "DEADiffConfig", "DEADiffCheckpointError", "DEADiffTokens",
-           "disentangled_attention", "image_keys_values", "SITES", "Site", "BRANCHES", "STYLE", "CONTENT"]
+__all__ = [
+    "load_deadiff",
+    "DEADiffModel",
+    "DEADiffConfig",
+    "DEADiffCheckpointError",
+    "DEADiffTokens",
+    "disentangled_attention",
+    "image_keys_values",
+    "SITES",
+    "Site",
+    "BRANCHES",
+    "STYLE",
+    "CONTENT",
+]

@@ -4,6 +4,7 @@ Image tokens do not get an attention of their own: their keys and values are app
 keys and values and ONE softmax runs over both. Zero tokens are real tokens (their keys are zero, so
 they still take softmax mass), which is why the unconditional pass and an unused branch get them.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -17,8 +18,9 @@ from einops import rearrange
 AttentionFn = Callable[..., torch.Tensor]
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                   mask: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: Optional[torch.Tensor] = None, **_
+) -> torch.Tensor:
     """Multi-head attention in the (batch, tokens, heads*dim) layout; mask is additive."""
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     if mask is not None and mask.ndim == 3:
@@ -27,9 +29,12 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return rearrange(out, "b h n d -> b n (h d)")
 
 
-def image_keys_values(tokens: torch.Tensor, i_to_k: Callable[[torch.Tensor], torch.Tensor],
-                      i_to_v: Callable[[torch.Tensor], torch.Tensor],
-                      weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def image_keys_values(
+    tokens: torch.Tensor,
+    i_to_k: Callable[[torch.Tensor], torch.Tensor],
+    i_to_v: Callable[[torch.Tensor], torch.Tensor],
+    weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of the image tokens at one site: w * i_to_k(E), w * i_to_v(E).
 
     `i_to_k` / `i_to_v` are the site's projection layers (bias-free Linear), called on the tokens so
@@ -51,10 +56,17 @@ def image_key_bias(query_mask: torch.Tensor, text_tokens: int) -> torch.Tensor:
     return F.pad(bias, (text_tokens, 0), value=0.0)
 
 
-def disentangled_attention(q: torch.Tensor, k_text: torch.Tensor, v_text: torch.Tensor,
-                           k_image: torch.Tensor, v_image: torch.Tensor, heads: int,
-                           mask: Optional[torch.Tensor] = None,
-                           attention: AttentionFn = sdpa_attention, **attention_kwargs) -> torch.Tensor:
+def disentangled_attention(
+    q: torch.Tensor,
+    k_text: torch.Tensor,
+    v_text: torch.Tensor,
+    k_image: torch.Tensor,
+    v_image: torch.Tensor,
+    heads: int,
+    mask: Optional[torch.Tensor] = None,
+    attention: AttentionFn = sdpa_attention,
+    **attention_kwargs,
+) -> torch.Tensor:
     """One softmax over [text keys; image keys] (text first, image second), then the weighted values.
 
     q: (B, Nq, C); k_text, v_text: (B, Nt, C); k_image, v_image: (B or 1, Ni, C) already projected

@@ -8,6 +8,7 @@ allowlist of data-only classes refuses the whole file as unsafe, naming the glob
 the allowed ones besides tensors become inert stand-ins. Only the kept tensors' records are read.
 torch's legacy non-zip format is judged the same way, then read by torch's weights-only unpickler.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,12 @@ COMPACT_FORMAT = "deadiff-compact"
 COMPACT_VERSION = "1"
 # Learned tensors that identify a DEADiff model's weights (see `read_deadiff_tensors`).
 FINGERPRINT_KEYS = tuple(f"{b}_blip.query_tokens" for b in BRANCHES) + tuple(
-    f"{b}_proj_layer.dense2.bias" for b in BRANCHES)
+    f"{b}_proj_layer.dense2.bias" for b in BRANCHES
+)
 
 
 # ------------------------------------------------------------------ which keys DEADiff adds
+
 
 def _branch_keep(key: str, branch: str) -> bool:
     blip = f"{branch}_blip."
@@ -43,7 +46,7 @@ def _branch_keep(key: str, branch: str) -> bool:
         return True
     if not key.startswith(blip):
         return False
-    rest = key[len(blip):]
+    rest = key[len(blip) :]
     if rest.endswith("position_ids"):
         return False
     return rest == "query_tokens" or rest.startswith(("Qformer.bert.", "visual_encoder.", "ln_vision."))
@@ -71,42 +74,84 @@ def expected_shapes(c: DEADiffConfig) -> dict:
             v = b + "visual_encoder."
             w = c.vision_width
             grid = c.image_size // c.patch_size
-            shapes.update({v + "conv1.weight": (w, 3, c.patch_size, c.patch_size), v + "class_embedding": (w,),
-                           v + "positional_embedding": (grid * grid + 1, w), v + "ln_pre.weight": (w,),
-                           v + "ln_pre.bias": (w,), b + "ln_vision.weight": (w,), b + "ln_vision.bias": (w,)})
+            shapes.update(
+                {
+                    v + "conv1.weight": (w, 3, c.patch_size, c.patch_size),
+                    v + "class_embedding": (w,),
+                    v + "positional_embedding": (grid * grid + 1, w),
+                    v + "ln_pre.weight": (w,),
+                    v + "ln_pre.bias": (w,),
+                    b + "ln_vision.weight": (w,),
+                    b + "ln_vision.bias": (w,),
+                }
+            )
             for i in range(c.vision_layers):
                 r = f"{v}transformer.resblocks.{i}."
-                shapes.update({r + "attn.in_proj_weight": (3 * w, w), r + "attn.in_proj_bias": (3 * w,),
-                               r + "attn.out_proj.weight": (w, w), r + "attn.out_proj.bias": (w,),
-                               r + "mlp.c_fc.weight": (4 * w, w), r + "mlp.c_fc.bias": (4 * w,),
-                               r + "mlp.c_proj.weight": (w, 4 * w), r + "mlp.c_proj.bias": (w,)})
+                shapes.update(
+                    {
+                        r + "attn.in_proj_weight": (3 * w, w),
+                        r + "attn.in_proj_bias": (3 * w,),
+                        r + "attn.out_proj.weight": (w, w),
+                        r + "attn.out_proj.bias": (w,),
+                        r + "mlp.c_fc.weight": (4 * w, w),
+                        r + "mlp.c_fc.bias": (4 * w,),
+                        r + "mlp.c_proj.weight": (w, 4 * w),
+                        r + "mlp.c_proj.bias": (w,),
+                    }
+                )
                 for n in ("ln_1", "ln_2"):
                     shapes.update({r + n + ".weight": (w,), r + n + ".bias": (w,)})
         h, f, e = c.qformer_hidden, c.qformer_intermediate, c.vision_width  # cross-attention reads the vision tokens
         q = b + "Qformer.bert."
-        shapes.update({b + "query_tokens": (1, c.num_query_tokens, h),
-                       q + "embeddings.word_embeddings.weight": (c.vocab_size, h),
-                       q + "embeddings.position_embeddings.weight": (c.max_positions, h),
-                       q + "embeddings.LayerNorm.weight": (h,), q + "embeddings.LayerNorm.bias": (h,)})
+        shapes.update(
+            {
+                b + "query_tokens": (1, c.num_query_tokens, h),
+                q + "embeddings.word_embeddings.weight": (c.vocab_size, h),
+                q + "embeddings.position_embeddings.weight": (c.max_positions, h),
+                q + "embeddings.LayerNorm.weight": (h,),
+                q + "embeddings.LayerNorm.bias": (h,),
+            }
+        )
         for i in range(c.qformer_layers):
             layer = f"{q}encoder.layer.{i}."
             for att, kv in (("attention", h), ("crossattention", e)):
                 a = layer + att + "."
-                shapes.update({a + "self.query.weight": (h, h), a + "self.query.bias": (h,),
-                               a + "self.key.weight": (h, kv), a + "self.key.bias": (h,),
-                               a + "self.value.weight": (h, kv), a + "self.value.bias": (h,),
-                               a + "output.dense.weight": (h, h), a + "output.dense.bias": (h,),
-                               a + "output.LayerNorm.weight": (h,), a + "output.LayerNorm.bias": (h,)})
+                shapes.update(
+                    {
+                        a + "self.query.weight": (h, h),
+                        a + "self.query.bias": (h,),
+                        a + "self.key.weight": (h, kv),
+                        a + "self.key.bias": (h,),
+                        a + "self.value.weight": (h, kv),
+                        a + "self.value.bias": (h,),
+                        a + "output.dense.weight": (h, h),
+                        a + "output.dense.bias": (h,),
+                        a + "output.LayerNorm.weight": (h,),
+                        a + "output.LayerNorm.bias": (h,),
+                    }
+                )
             for suffix in ("", "_query"):
-                shapes.update({layer + f"intermediate{suffix}.dense.weight": (f, h),
-                               layer + f"intermediate{suffix}.dense.bias": (f,),
-                               layer + f"output{suffix}.dense.weight": (h, f), layer + f"output{suffix}.dense.bias": (h,),
-                               layer + f"output{suffix}.LayerNorm.weight": (h,),
-                               layer + f"output{suffix}.LayerNorm.bias": (h,)})
+                shapes.update(
+                    {
+                        layer + f"intermediate{suffix}.dense.weight": (f, h),
+                        layer + f"intermediate{suffix}.dense.bias": (f,),
+                        layer + f"output{suffix}.dense.weight": (h, f),
+                        layer + f"output{suffix}.dense.bias": (h,),
+                        layer + f"output{suffix}.LayerNorm.weight": (h,),
+                        layer + f"output{suffix}.LayerNorm.bias": (h,),
+                    }
+                )
         p = f"{branch}_proj_layer."
-        shapes.update({p + "dense1.weight": (c.proj_intermediate, h), p + "dense1.bias": (c.proj_intermediate,),
-                       p + "dense2.weight": (h, c.proj_intermediate), p + "dense2.bias": (h,),
-                       p + "LayerNorm.weight": (h,), p + "LayerNorm.bias": (h,)})
+        shapes.update(
+            {
+                p + "dense1.weight": (c.proj_intermediate, h),
+                p + "dense1.bias": (c.proj_intermediate,),
+                p + "dense2.weight": (h, c.proj_intermediate),
+                p + "dense2.bias": (h,),
+                p + "LayerNorm.weight": (h,),
+                p + "LayerNorm.bias": (h,),
+            }
+        )
     for s in SITES:
         for p in ("i_to_k", "i_to_v"):
             shapes[s.checkpoint_prefix + f"{p}.weight"] = (c.site_widths[s.name], c.qformer_hidden)  # reads the tokens
@@ -114,6 +159,7 @@ def expected_shapes(c: DEADiffConfig) -> dict:
 
 
 # ------------------------------------------------------------------ reading files
+
 
 class _Inert:
     """Stands for an allowed class a checkpoint's pickle names besides tensors: built from nothing, runs
@@ -184,9 +230,16 @@ class _StateDict(dict):
 
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 
 
@@ -213,7 +266,8 @@ def _rebuild_from_type(func, new_type, args, state):
 
 # The allowed globals that we read (tensor records); every other allowed one becomes an _Inert stand-in.
 _TENSOR_RECORDS = {
-    "torch._utils._rebuild_tensor_v2": _LazyTensor, "torch._utils._rebuild_tensor": _LazyTensor,
+    "torch._utils._rebuild_tensor_v2": _LazyTensor,
+    "torch._utils._rebuild_tensor": _LazyTensor,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type,
@@ -294,8 +348,9 @@ def _load_pickle(file, data_of, member: str, base: int = 0):
         failure = e
     refused = unpickler.refused
     if not refused and failure is not None:
-        extension = next(((n, pos, op) for n, pos, op in pickle_policy.globals_in(data_of())
-                          if op.startswith("EXT")), None)
+        extension = next(
+            ((n, pos, op) for n, pos, op in pickle_policy.globals_in(data_of()) if op.startswith("EXT")), None
+        )
         if extension is None:
             raise failure
         refused = [pickle_policy.Verdict(extension[0], pickle_policy.NOT_ALLOWED)]
@@ -347,7 +402,8 @@ class _ZipCheckpoint:
             what = root.origin if isinstance(root, _Inert) else type(root).__name__
             raise _NotAStateDict(
                 f"holds {what} (as a placeholder: nothing from the file was run), not a state_dict of tensors; "
-                "it is not a DEADiff model: Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)")
+                "it is not a DEADiff model: Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)"
+            )
         self._lazy = _flatten(root, _LazyTensor)
 
     def keys(self):
@@ -390,7 +446,8 @@ def _file_head(path: str) -> bytes:
 def _looks_like_safetensors(path: str, head: bytes) -> bool:
     """By name, or by content (a renamed file): 8 bytes of header length, little-endian, then '{'."""
     return path.lower().endswith((".safetensors", ".sft")) or (
-        len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path))
+        len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+    )
 
 
 # A pickle's first byte: PROTO (0x80) for protocols 2-5, any opcode for protocols 0 and 1.
@@ -412,9 +469,13 @@ def _check_plain_pickles(path: str) -> bool:
             def data_of(start=start):
                 f.seek(start)
                 return f.read(_SCAN_LIMIT)
+
             try:
-                member = (f"pickle {index + 1} of the file ({what} of torch's legacy format)" if index else
-                          "the pickle at the start of the file")
+                member = (
+                    f"pickle {index + 1} of the file ({what} of torch's legacy format)"
+                    if index
+                    else "the pickle at the start of the file"
+                )
                 value = _load_pickle(f, data_of, member, base=start)
             except _UnsafePickle:
                 raise
@@ -427,15 +488,22 @@ def _check_plain_pickles(path: str) -> bool:
 
 def _unsafe_file_error(path: str, e: _UnsafePickle) -> DEADiffUnsafeFileError:
     name, reason = e.verdict
-    why = ("which can run code, touch your files or reach the network" if reason == pickle_policy.CAN_RUN_CODE else
-           "which is not one of the data-only objects a DEADiff checkpoint holds (tensors, OrderedDict and the "
-           "training records Lightning and OmegaConf save)")
+    why = (
+        "which can run code, touch your files or reach the network"
+        if reason == pickle_policy.CAN_RUN_CODE
+        else "which is not one of the data-only objects a DEADiff checkpoint holds (tensors, OrderedDict and the "
+        "training records Lightning and OmegaConf save)"
+    )
     more = f" (and {len(e.others)} more: {', '.join(e.others[:3])})" if e.others else ""
     return DEADiffUnsafeFileError(
-        path, f"is unsafe: its pickle names {name}, {why}, {e.where}{more}. The file was refused and nothing "
-              "from it was run. Delete it and download deadiff_v1.ckpt again (Hugging Face qth/DEADiff); do not "
-              "open it with torch.load(weights_only=False) and do not share it",
-        global_name=name, reason=reason, where=e.where)
+        path,
+        f"is unsafe: its pickle names {name}, {why}, {e.where}{more}. The file was refused and nothing "
+        "from it was run. Delete it and download deadiff_v1.ckpt again (Hugging Face qth/DEADiff); do not "
+        "open it with torch.load(weights_only=False) and do not share it",
+        global_name=name,
+        reason=reason,
+        where=e.where,
+    )
 
 
 def open_tensors(path: str):
@@ -452,15 +520,20 @@ def open_tensors(path: str):
             return _SafetensorsMapping(handle), handle.metadata() or {}
         except Exception as e:
             raise DEADiffCheckpointError(
-                path, f"not a readable .safetensors file; it is truncated or corrupt ({e}); download it again") from e
+                path, f"not a readable .safetensors file; it is truncated or corrupt ({e}); download it again"
+            ) from e
     if head.startswith(b"PK") and not zipfile.is_zipfile(path):
         raise DEADiffCheckpointError(
-            path, "is a zip archive (as torch checkpoints are) that is truncated or corrupt: its directory is "
-                  "missing; the download was probably interrupted, download it again")
+            path,
+            "is a zip archive (as torch checkpoints are) that is truncated or corrupt: its directory is "
+            "missing; the download was probably interrupted, download it again",
+        )
     is_zip = zipfile.is_zipfile(path)
     not_a_checkpoint = DEADiffCheckpointError(
-        path, "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
-              "corrupt or a different kind of file; download deadiff_v1.ckpt again")
+        path,
+        "not a PyTorch checkpoint (neither a torch zip archive nor a pickle); it may be truncated, "
+        "corrupt or a different kind of file; download deadiff_v1.ckpt again",
+    )
     if not is_zip and head[:1] not in _PICKLE_FIRST_BYTES:
         raise not_a_checkpoint
     try:
@@ -479,17 +552,22 @@ def open_tensors(path: str):
         refused = _refused_pickle(str(e))
         if refused:
             raise DEADiffCheckpointError(
-                path, f"is a pickle that {refused}: it was refused without running anything from it. The "
-                      "official deadiff_v1.ckpt is a torch zip archive of tensors; download it again from "
-                      "Hugging Face qth/DEADiff. Do not open this file with torch.load(weights_only=False): a file "
-                      "like this can run code on your machine") from e
+                path,
+                f"is a pickle that {refused}: it was refused without running anything from it. The "
+                "official deadiff_v1.ckpt is a torch zip archive of tensors; download it again from "
+                "Hugging Face qth/DEADiff. Do not open this file with torch.load(weights_only=False): a file "
+                "like this can run code on your machine",
+            ) from e
         raise DEADiffCheckpointError(
-            path, f"could not be read as a checkpoint; it is truncated or corrupt (UnpicklingError: {e}); "
-                  "download it again") from e
+            path,
+            f"could not be read as a checkpoint; it is truncated or corrupt (UnpicklingError: {e}); download it again",
+        ) from e
     except Exception as e:
         raise DEADiffCheckpointError(
-            path, f"could not be read as a checkpoint; it is truncated or corrupt ({type(e).__name__}: {e}); "
-                  "download it again") from e
+            path,
+            f"could not be read as a checkpoint; it is truncated or corrupt ({type(e).__name__}: {e}); "
+            "download it again",
+        ) from e
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -512,26 +590,35 @@ def _refused_pickle(message: str) -> str | None:
 
 # ------------------------------------------------------------------ what the file is
 
+
 def _describe_foreign(path: str, keys: Iterable[str]) -> str | None:
     keys = list(keys)
     top = {k.split(".", 1)[0] for k in keys}
     if {"image_proj", "ip_adapter"} & top:
-        return ("looks like an IP-Adapter model (image_proj / ip_adapter weights), not DEADiff. Use it with "
-                "the IP-Adapter nodes; Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)")
-    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys) \
-            and not any(k.startswith(("style_blip.", "content_blip.")) for k in keys):
-        return ("looks like a Stable Diffusion checkpoint (UNet, VAE and text encoder, no DEADiff Q-Formers): put it "
-                "in models/checkpoints and load it with Load Checkpoint; Load DEADiff Model needs deadiff_v1.ckpt "
-                "(Hugging Face qth/DEADiff) in models/deadiff")
+        return (
+            "looks like an IP-Adapter model (image_proj / ip_adapter weights), not DEADiff. Use it with "
+            "the IP-Adapter nodes; Load DEADiff Model needs deadiff_v1.ckpt (Hugging Face qth/DEADiff)"
+        )
+    if any(
+        k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys
+    ) and not any(k.startswith(("style_blip.", "content_blip.")) for k in keys):
+        return (
+            "looks like a Stable Diffusion checkpoint (UNet, VAE and text encoder, no DEADiff Q-Formers): put it "
+            "in models/checkpoints and load it with Load Checkpoint; Load DEADiff Model needs deadiff_v1.ckpt "
+            "(Hugging Face qth/DEADiff) in models/deadiff"
+        )
     if not any(k.startswith(("style_blip.", "content_blip.")) for k in keys):
         shown = ", ".join(sorted(keys)[:3]) or "no tensors at all"
-        return (f"is not a DEADiff model: it has none of DEADiff's keys (style_blip.*, content_blip.*, "
-                f"*_proj_layer.*, attn2.i_to_k/i_to_v); it starts with {shown}")
+        return (
+            f"is not a DEADiff model: it has none of DEADiff's keys (style_blip.*, content_blip.*, "
+            f"*_proj_layer.*, attn2.i_to_k/i_to_v); it starts with {shown}"
+        )
     return None
 
 
-def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
-                        progress=None, on_read=None) -> tuple[dict, DEADiffConfig, dict]:
+def read_deadiff_tensors(
+    path: str, dtype: torch.dtype | None = None, progress=None, on_read=None
+) -> tuple[dict, DEADiffConfig, dict]:
     """The kept tensors under their official names (vision tower once when both copies are equal),
     the inferred config, and the file's metadata. Floating tensors are cast to `dtype` one by one as
     they are read, so the peak memory stays near what is kept. `progress(iterable, total)` may wrap
@@ -550,8 +637,10 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
         raise DEADiffCheckpointError(path, foreign)
     if metadata.get("format") == COMPACT_FORMAT and metadata.get("format_version") != COMPACT_VERSION:
         raise DEADiffCheckpointError(
-            path, f"is a {COMPACT_FORMAT} file of format version {metadata.get('format_version')!r}; this version "
-                  f"of the pack reads version {COMPACT_VERSION}: update the pack or convert deadiff_v1.ckpt again")
+            path,
+            f"is a {COMPACT_FORMAT} file of format version {metadata.get('format_version')!r}; this version "
+            f"of the pack reads version {COMPACT_VERSION}: update the pack or convert deadiff_v1.ckpt again",
+        )
     kept_keys = [k for k in keys if is_kept(k)]
     content_vision = {k for k in kept_keys if k.startswith("content_blip.") and is_vision(k)}
     if not any(k.startswith("style_blip.") and is_vision(k) for k in kept_keys):
@@ -600,26 +689,30 @@ def read_deadiff_tensors(path: str, dtype: torch.dtype | None = None,
     except KeyError as e:
         raise DEADiffCheckpointError(path, f"is missing {e.args[0]}; {_INCOMPLETE}") from e
     except (IndexError, ValueError) as e:
-        raise DEADiffCheckpointError(
-            path, f"has DEADiff tensors of unexpected rank or size ({e}); {_CORRUPT}") from e
+        raise DEADiffCheckpointError(path, f"has DEADiff tensors of unexpected rank or size ({e}); {_CORRUPT}") from e
     expected = expected_shapes(config)
     missing = [k for k in expected if k not in tensors]
     if missing:
         raise DEADiffCheckpointError(
-            path, f"is missing {len(missing)} DEADiff tensors, e.g. {', '.join(missing[:5])}; the file is "
-                  f"incomplete or from another model: {_DOWNLOAD}")
+            path,
+            f"is missing {len(missing)} DEADiff tensors, e.g. {', '.join(missing[:5])}; the file is "
+            f"incomplete or from another model: {_DOWNLOAD}",
+        )
     for k, shape in expected.items():
         if tuple(tensors[k].shape) != shape:
             raise DEADiffCheckpointError(
-                path, f"tensor {k} has shape {list(tensors[k].shape)} but {list(shape)} was expected from the "
-                      f"file's other tensors; {_CORRUPT}")
+                path,
+                f"tensor {k} has shape {list(tensors[k].shape)} but {list(shape)} was expected from the "
+                f"file's other tensors; {_CORRUPT}",
+            )
     problem = _impossible_dimensions(config)
     if problem:
         raise DEADiffCheckpointError(path, f"{problem}; {_CORRUPT}")
     for k, v in tensors.items():
         if not v.is_floating_point():
             raise DEADiffCheckpointError(
-                path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point; {_CORRUPT}")
+                path, f"tensor {k} has dtype {v.dtype}; DEADiff weights are floating point; {_CORRUPT}"
+            )
     # The small per-site projections are checked here; the encoders' NaN/Inf show in their output
     # (checked at every encode), which spares a full pass over a gigabyte at each load.
     bad = first_non_finite((k, tensors[k]) for k in SITE_KEYS)
@@ -642,24 +735,35 @@ def _impossible_dimensions(c: DEADiffConfig) -> str | None:
     with (they would fail later with a bare ZeroDivisionError or IndexError)."""
     from .config import BERT, HEAD_WIDTH, VISION
     from .qformer import TEXT_IDS
+
     word_ids = max(i for ids in TEXT_IDS.values() for i in ids)
     text_length = max(len(ids) for ids in TEXT_IDS.values())
     if c.vision_width % HEAD_WIDTH:
-        return (f"the vision width {c.vision_width} (from {VISION}conv1.weight) is not a multiple of {HEAD_WIDTH}, "
-                "the head width of DEADiff's CLIP vision tower (1024 in deadiff_v1)")
+        return (
+            f"the vision width {c.vision_width} (from {VISION}conv1.weight) is not a multiple of {HEAD_WIDTH}, "
+            "the head width of DEADiff's CLIP vision tower (1024 in deadiff_v1)"
+        )
     if c.qformer_hidden % HEAD_WIDTH:
-        return (f"the Q-Former width {c.qformer_hidden} (from {BERT}embeddings.word_embeddings.weight) is not a "
-                f"multiple of {HEAD_WIDTH}, the head width of DEADiff's BERT Q-Former (768 in deadiff_v1)")
+        return (
+            f"the Q-Former width {c.qformer_hidden} (from {BERT}embeddings.word_embeddings.weight) is not a "
+            f"multiple of {HEAD_WIDTH}, the head width of DEADiff's BERT Q-Former (768 in deadiff_v1)"
+        )
     if c.vocab_size <= word_ids:
-        return (f"{BERT}embeddings.word_embeddings.weight has {c.vocab_size} rows, but DEADiff asks its Q-Formers "
-                f"'style' and 'content' with token ids up to {word_ids} (the bert-base-uncased vocabulary, 30523 "
-                "rows in deadiff_v1)")
+        return (
+            f"{BERT}embeddings.word_embeddings.weight has {c.vocab_size} rows, but DEADiff asks its Q-Formers "
+            f"'style' and 'content' with token ids up to {word_ids} (the bert-base-uncased vocabulary, 30523 "
+            "rows in deadiff_v1)"
+        )
     if c.max_positions < text_length:
-        return (f"{BERT}embeddings.position_embeddings.weight has {c.max_positions} rows; DEADiff's text needs "
-                f"{text_length} (512 in deadiff_v1)")
+        return (
+            f"{BERT}embeddings.position_embeddings.weight has {c.max_positions} rows; DEADiff's text needs "
+            f"{text_length} (512 in deadiff_v1)"
+        )
     if c.num_query_tokens < 1 or c.image_size < 1:
-        return (f"the file describes {c.num_query_tokens} query tokens and {c.image_size}-pixel images "
-                "(16 and 224 in deadiff_v1)")
+        return (
+            f"the file describes {c.num_query_tokens} query tokens and {c.image_size}-pixel images "
+            "(16 and 224 in deadiff_v1)"
+        )
     return None
 
 
@@ -677,9 +781,22 @@ def first_non_finite(named_tensors) -> str | None:
 
 
 def compact_metadata(config: DEADiffConfig, source_name: str, source_sha256: str) -> dict:
-    return {"format": COMPACT_FORMAT, "format_version": COMPACT_VERSION, "source_file": source_name,
-            "source_sha256": source_sha256, "dims": json.dumps(config.as_metadata(), sort_keys=True)}
+    return {
+        "format": COMPACT_FORMAT,
+        "format_version": COMPACT_VERSION,
+        "source_file": source_name,
+        "source_sha256": source_sha256,
+        "dims": json.dumps(config.as_metadata(), sort_keys=True),
+    }
 
 
-__all__ = ["read_deadiff_tensors", "expected_shapes", "compact_metadata", "open_tensors", "count_layers",
-           "COMPACT_FORMAT", "COMPACT_VERSION", "SITE_KEYS"]
+__all__ = [
+    "read_deadiff_tensors",
+    "expected_shapes",
+    "compact_metadata",
+    "open_tensors",
+    "count_layers",
+    "COMPACT_FORMAT",
+    "COMPACT_VERSION",
+    "SITE_KEYS",
+]

@@ -3,6 +3,7 @@
 Nothing is hard-coded, so the real ViT-L / BERT-base file and the tiny test files go through the
 same code. Heads are width / 64 for both CLIP and BERT, as in the official models.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ class DEADiffConfig:
 
 def count_layers(keys: Iterable[str], prefix: str) -> int:
     """Number of consecutive numbered blocks `prefix{i}.` present in `keys`."""
-    found = {int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
+    found = {int(k[len(prefix) :].split(".", 1)[0]) for k in keys if k.startswith(prefix)}
     n = 0
     while n in found:
         n += 1
@@ -58,10 +59,10 @@ def count_layers(keys: Iterable[str], prefix: str) -> int:
 
 def infer_config(shapes: dict[str, tuple[int, ...]], shared_vision: bool) -> DEADiffConfig:
     """shapes: official key -> shape (tuple) of the tensors we keep."""
-    conv = shapes[VISION + "conv1.weight"]                      # (width, 3, patch, patch)
-    positions = shapes[VISION + "positional_embedding"][0]      # 1 + grid * grid
+    conv = shapes[VISION + "conv1.weight"]  # (width, 3, patch, patch)
+    positions = shapes[VISION + "positional_embedding"][0]  # 1 + grid * grid
     grid = math.isqrt(positions - 1)
-    queries = shapes["style_blip.query_tokens"]                 # (1, Q, hidden)
+    queries = shapes["style_blip.query_tokens"]  # (1, Q, hidden)
     words = shapes[BERT + "embeddings.word_embeddings.weight"]  # (vocab, hidden)
     return DEADiffConfig(
         vision_width=conv[0],

@@ -13,6 +13,7 @@ and records the source file's name and sha256 and the inferred dimensions in its
 the default (1.43 GB for deadiff_v1: its kept tensors' 716.6 M values x 2 bytes); fp32 conversion
 loads bit-identically to the source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,10 +104,12 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False, progre
         report(done)
 
     tensors, config, _ = read_deadiff_tensors(
-        src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"), on_read=on_read)
+        src, DTYPES[dtype], progress=lambda keys, total: _progress(keys, total, "reading tensors"), on_read=on_read
+    )
     kept = {key: tensors.pop(key).contiguous() for key in sorted(tensors)}
-    metadata = compact_metadata(config, os.path.basename(src),
-                                sha256_of(src, on_block=lambda done, _total: report(records + done)))
+    metadata = compact_metadata(
+        config, os.path.basename(src), sha256_of(src, on_block=lambda done, _total: report(records + done))
+    )
     tmp = dst + ".partial"
     try:
         save_file(kept, tmp, metadata=metadata)
@@ -117,15 +120,22 @@ def convert(src: str, dst: str, dtype: str = "fp16", force: bool = False, progre
             os.remove(tmp)
         raise OSError(f"could not write {dst}: {e}") from e
     report(records + blocks + 1)
-    return {"source_bytes": os.path.getsize(src), "compact_bytes": os.path.getsize(dst), "tensors": len(kept),
-            "seconds": time.perf_counter() - start}
+    return {
+        "source_bytes": os.path.getsize(src),
+        "compact_bytes": os.path.getsize(dst),
+        "tensors": len(kept),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="deadiff-convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="deadiff_v1.ckpt (or a .safetensors of its state_dict)")
-    parser.add_argument("dst", nargs="?", help="the compact .safetensors to write (default: next to SRC, "
-                                               "named <SRC name>_compact.safetensors)")
+    parser.add_argument(
+        "dst",
+        nargs="?",
+        help="the compact .safetensors to write (default: next to SRC, named <SRC name>_compact.safetensors)",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="storage dtype (default fp16)")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = parser.parse_args(argv)
@@ -134,8 +144,10 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.src):
         hint = ""
         if not os.path.isabs(args.src) and "custom_nodes" in os.getcwd().split(os.sep):
-            hint = (" (a relative path is relative to the folder you run this from; from the pack's folder the "
-                    "models are in ../../models/deadiff/)")
+            hint = (
+                " (a relative path is relative to the folder you run this from; from the pack's folder the "
+                "models are in ../../models/deadiff/)"
+            )
         print(f"deadiff-convert: {args.src}: no such file{hint}", file=sys.stderr)
         return 2
     try:
@@ -144,8 +156,10 @@ def main(argv=None) -> int:
         print(f"deadiff-convert: {e}", file=sys.stderr)
         return 2
     mib = 1 << 20
-    print(f"{args.src}: {sizes['source_bytes'] / mib:,.1f} MiB -> {args.dst}: {sizes['compact_bytes'] / mib:,.1f} MiB "
-          f"({sizes['tensors']} tensors, {args.dtype}) in {sizes['seconds']:.1f} s")
+    print(
+        f"{args.src}: {sizes['source_bytes'] / mib:,.1f} MiB -> {args.dst}: {sizes['compact_bytes'] / mib:,.1f} MiB "
+        f"({sizes['tensors']} tensors, {args.dtype}) in {sizes['seconds']:.1f} s"
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ request, a progress bar. On top of that this module
 
 Nothing here imports ComfyUI; the runner and the "Download DEADiff Model" node both call `download`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,8 @@ class DownloadError(RuntimeError):
 class HubFile:
     repo_id: str
     filename: str
-    folder: str          # the ComfyUI model folder it belongs in
-    approx_bytes: int    # for messages before the hub answers
+    folder: str  # the ComfyUI model folder it belongs in
+    approx_bytes: int  # for messages before the hub answers
     what: str
 
     @property
@@ -51,10 +52,20 @@ class HubFile:
         return f"https://huggingface.co/{self.repo_id}"
 
 
-DEADIFF = HubFile("qth/DEADiff", "deadiff_v1.ckpt", "deadiff", 9_300_000_000,
-                  "the official DEADiff weights (research licence: read it on the model page first)")
-SD15 = HubFile("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors", "checkpoints",
-               4_270_000_000, "Stable Diffusion 1.5 (CreativeML OpenRAIL-M licence)")
+DEADIFF = HubFile(
+    "qth/DEADiff",
+    "deadiff_v1.ckpt",
+    "deadiff",
+    9_300_000_000,
+    "the official DEADiff weights (research licence: read it on the model page first)",
+)
+SD15 = HubFile(
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "v1-5-pruned-emaonly.safetensors",
+    "checkpoints",
+    4_270_000_000,
+    "Stable Diffusion 1.5 (CreativeML OpenRAIL-M licence)",
+)
 KNOWN_FILES = {f.filename: f for f in (DEADIFF, SD15)}
 
 
@@ -88,8 +99,10 @@ def _hub():
     try:
         import huggingface_hub
     except ImportError as e:
-        raise DownloadError("downloading needs the huggingface_hub package (pip install huggingface_hub; it comes "
-                            "with transformers, a requirement of this pack)") from e
+        raise DownloadError(
+            "downloading needs the huggingface_hub package (pip install huggingface_hub; it comes "
+            "with transformers, a requirement of this pack)"
+        ) from e
     return huggingface_hub
 
 
@@ -102,8 +115,10 @@ def remote_info(file: HubFile, token=None):
     except Exception as e:  # noqa: BLE001 - every hub/network error becomes one message
         raise DownloadError(_explain(file, e)) from e
     if not meta.commit_hash or not meta.etag:
-        raise DownloadError(f"{url} did not answer like a Hugging Face hub (no X-Repo-Commit / ETag header); "
-                            "check HF_ENDPOINT and your proxy")
+        raise DownloadError(
+            f"{url} did not answer like a Hugging Face hub (no X-Repo-Commit / ETag header); "
+            "check HF_ENDPOINT and your proxy"
+        )
     return meta.size, meta.etag, meta.commit_hash
 
 
@@ -115,8 +130,10 @@ def check_free_space(folder: Path, size: Optional[int]) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < size + DISK_MARGIN:
-        raise DownloadError(f"not enough free disk space for {human(size)} in {folder}: {human(free)} free. Free "
-                            "some space, or choose a folder on another disk (--models-dir / DEADIFF_MODELS_DIR)")
+        raise DownloadError(
+            f"not enough free disk space for {human(size)} in {folder}: {human(free)} free. Free "
+            "some space, or choose a folder on another disk (--models-dir / DEADIFF_MODELS_DIR)"
+        )
 
 
 def file_checksum(path: Path, etag: str, progress: Optional[Callable[[int, int], None]] = None) -> Optional[str]:
@@ -140,9 +157,15 @@ def file_checksum(path: Path, etag: str, progress: Optional[Callable[[int, int],
     return digest.hexdigest()
 
 
-def download(file: HubFile, folder: Path, *, tqdm_class=None, token=None,
-             verify_progress: Optional[Callable[[int, int], None]] = None,
-             log: Callable[[str], None] = lambda _m: None) -> Path:
+def download(
+    file: HubFile,
+    folder: Path,
+    *,
+    tqdm_class=None,
+    token=None,
+    verify_progress: Optional[Callable[[int, int], None]] = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Path:
     """`folder/file.filename`, downloaded from the hub if it is not there yet.
 
     Raises DownloadError (offline mode, no network, gated repo, no disk space, wrong checksum)."""
@@ -151,21 +174,34 @@ def download(file: HubFile, folder: Path, *, tqdm_class=None, token=None,
     if target.is_file() and target.stat().st_size > 0:
         return target
     if offline_mode():
-        raise DownloadError(f"{file.filename} is not in {folder} and Hugging Face offline mode is on "
-                            "(HF_HUB_OFFLINE=1), so it was not downloaded: unset HF_HUB_OFFLINE, or put the file "
-                            f"there yourself (from {file.page})")
+        raise DownloadError(
+            f"{file.filename} is not in {folder} and Hugging Face offline mode is on "
+            "(HF_HUB_OFFLINE=1), so it was not downloaded: unset HF_HUB_OFFLINE, or put the file "
+            f"there yourself (from {file.page})"
+        )
     size, etag, commit = remote_info(file, token=token)
     check_free_space(folder, size)
     folder.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {file.filename} ({human(size) if size else 'size unknown'}) from "
-        f"{endpoint() or 'https://huggingface.co'}/{file.repo_id} into {folder}")
+    log(
+        f"downloading {file.filename} ({human(size) if size else 'size unknown'}) from "
+        f"{endpoint() or 'https://huggingface.co'}/{file.repo_id} into {folder}"
+    )
     hub = _hub()
     extra = {}
     if tqdm_class is not None and "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters:
         extra["tqdm_class"] = tqdm_class  # older huggingface_hub versions show their own bar only
     try:
-        path = Path(hub.hf_hub_download(file.repo_id, file.filename, revision=commit, local_dir=folder,
-                                        endpoint=endpoint(), token=token, **extra))
+        path = Path(
+            hub.hf_hub_download(
+                file.repo_id,
+                file.filename,
+                revision=commit,
+                local_dir=folder,
+                endpoint=endpoint(),
+                token=token,
+                **extra,
+            )
+        )
     except Exception as e:  # noqa: BLE001
         raise DownloadError(_explain(file, e)) from e
     log(f"checking {file.filename} against the hub's checksum")
@@ -173,9 +209,11 @@ def download(file: HubFile, folder: Path, *, tqdm_class=None, token=None,
     if actual is not None and actual != etag:
         path.unlink(missing_ok=True)
         _forget_local_metadata(folder, file.filename)
-        raise DownloadError(f"{file.filename} from {file.repo_id} does not match the hub's checksum (expected "
-                            f"{etag}, got {actual}); the damaged file was deleted. Download it again; if this "
-                            "repeats, check HF_ENDPOINT and your proxy")
+        raise DownloadError(
+            f"{file.filename} from {file.repo_id} does not match the hub's checksum (expected "
+            f"{etag}, got {actual}); the damaged file was deleted. Download it again; if this "
+            "repeats, check HF_ENDPOINT and your proxy"
+        )
     _make_readable(path)
     return path
 
@@ -197,14 +235,20 @@ def _explain(file: HubFile, error: Exception) -> str:
     name = type(error).__name__
     text = str(error).strip().splitlines()[0] if str(error).strip() else name
     if "OfflineModeIsEnabled" in name or "LocalEntryNotFound" in name:
-        return (f"{file.filename} could not be downloaded: no network access to the hub ({text}). Check your "
-                f"connection and HF_ENDPOINT, or put the file in place yourself (from {file.page})")
+        return (
+            f"{file.filename} could not be downloaded: no network access to the hub ({text}). Check your "
+            f"connection and HF_ENDPOINT, or put the file in place yourself (from {file.page})"
+        )
     if "GatedRepo" in name or "401" in text or "403" in text:
-        return (f"{file.repo_id} refused the download ({text}): accept its terms on {file.page} and set HF_TOKEN "
-                "to a token of that account (or run `hf auth login`)")
+        return (
+            f"{file.repo_id} refused the download ({text}): accept its terms on {file.page} and set HF_TOKEN "
+            "to a token of that account (or run `hf auth login`)"
+        )
     if "RepositoryNotFound" in name or "EntryNotFound" in name or "404" in text:
         return f"{file.repo_id} has no {file.filename} ({text}); check HF_ENDPOINT, or get the file from {file.page}"
     if "Connect" in name or "Timeout" in name:
-        return (f"could not reach the hub at {endpoint() or 'https://huggingface.co'} for {file.filename} ({name}: "
-                f"{text}); check your connection, proxy and HF_ENDPOINT")
+        return (
+            f"could not reach the hub at {endpoint() or 'https://huggingface.co'} for {file.filename} ({name}: "
+            f"{text}); check your connection, proxy and HF_ENDPOINT"
+        )
     return f"downloading {file.filename} from {file.repo_id} failed ({name}: {text})"

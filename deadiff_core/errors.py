@@ -1,4 +1,5 @@
 """The errors a bad DEADiff file gives: what is wrong, with which file, and what to do."""
+
 from __future__ import annotations
 
 import os

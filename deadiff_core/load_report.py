@@ -8,6 +8,7 @@ dominates the load, and the .ckpt's records also go through zip checksums, a cop
 comparison that the compact file skips, so the real gain is larger (bench/bench_core.py measures
 both and prints this estimate next to the measurement; a small file's fixed costs make it smaller).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,10 +34,14 @@ class LoadReport:
 
     def message(self) -> str:
         gb = 1e9
-        line = (f"DEADiff: loaded {self.name} in {self.seconds:.1f} s "
-                f"({self.bytes_read / gb:.2f} GB of tensors read from a {self.file_bytes / gb:.2f} GB file)")
+        line = (
+            f"DEADiff: loaded {self.name} in {self.seconds:.1f} s "
+            f"({self.bytes_read / gb:.2f} GB of tensors read from a {self.file_bytes / gb:.2f} GB file)"
+        )
         speedup = self.compact_speedup
         if speedup is None:
             return line
-        return (f"{line}; the compact file from deadiff-convert would load about {speedup:.1f}x faster or more "
-                f"({self.compact_bytes / gb:.2f} GB of tensors to read instead of {self.bytes_read / gb:.2f} GB)")
+        return (
+            f"{line}; the compact file from deadiff-convert would load about {speedup:.1f}x faster or more "
+            f"({self.compact_bytes / gb:.2f} GB of tensors to read instead of {self.bytes_read / gb:.2f} GB)"
+        )

@@ -3,6 +3,7 @@
 A MASK comes at image (or any) resolution; every site attends on its own latent grid (64, 32, 16
 or 8 cells across at 512 px, and any aspect), so the mask is resized to each grid exactly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3 or mask.shape[-1] < 1 or mask.shape[-2] < 1 or mask.shape[0] < 1:
-        raise ValueError(f"attn_mask must be a MASK of shape (height, width) or (masks, height, width), "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"attn_mask must be a MASK of shape (height, width) or (masks, height, width), got {tuple(mask.shape)}"
+        )
     return mask.float()
 
 

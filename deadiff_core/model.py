@@ -3,6 +3,7 @@
 Modules are built on the meta device and the file's tensors are assigned into them, so no memory is
 spent on random initial weights: loading costs about what we keep.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,24 +40,45 @@ class DualEncoder(nn.Module):
     def tower(self, branch: str) -> VisionTower:
         return self.vision["shared"] if "shared" in self.vision else self.vision[branch]
 
-    def prepare(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-                reference_mask: torch.Tensor | None = None, device: torch.device | None = None) -> Reference:
+    def prepare(
+        self,
+        images: torch.Tensor,
+        resize_mode: str = SQUASH,
+        pad_color=DEFAULT_PAD_COLOR,
+        reference_mask: torch.Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> Reference:
         """The Reference these encoders read: pixels by resize_mode, token weights from the mask."""
         device = next(self.parameters()).device if device is None else device
-        return prepare_reference(images.to(device), self.config.image_size, self.config.patch_size,
-                                 resize_mode, pad_color, reference_mask)
+        return prepare_reference(
+            images.to(device), self.config.image_size, self.config.patch_size, resize_mode, pad_color, reference_mask
+        )
 
     @torch.no_grad()
-    def preview(self, images: torch.Tensor, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-                reference_mask: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+    def preview(
+        self,
+        images: torch.Tensor,
+        resize_mode: str = SQUASH,
+        pad_color=DEFAULT_PAD_COLOR,
+        reference_mask: torch.Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor:
         """(B, S, S, 3) in 0..1: the picture the vision tower reads (before CLIP's normalization), the
         patches the Q-Former does not read dimmed (see deadiff_core.reference)."""
         return self.prepare(images, resize_mode, pad_color, reference_mask, device=device).preview()
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, branch: str, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR,
-               reference_mask: torch.Tensor | None = None, progress=None, device: torch.device | None = None,
-               dtype: torch.dtype | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        images: torch.Tensor,
+        branch: str,
+        resize_mode: str = SQUASH,
+        pad_color=DEFAULT_PAD_COLOR,
+        reference_mask: torch.Tensor | None = None,
+        progress=None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """(B, H, W, C) images in 0..1 -> (B, num_query_tokens, hidden) tokens of `branch`.
 
         resize_mode: squash (official), center crop or pad (with pad_color); reference_mask: (H, W) or
@@ -76,7 +98,7 @@ class DualEncoder(nn.Module):
             return self._encode(reference, branch, dtype)
         parts = []
         for i in range(len(reference)):
-            parts.append(self._encode(reference[i:i + 1], branch, dtype))
+            parts.append(self._encode(reference[i : i + 1], branch, dtype))
             progress(i + 1, len(reference))
         return torch.cat(parts)
 
@@ -88,10 +110,14 @@ class DualEncoder(nn.Module):
             bad = first_non_finite(self.named_parameters())
             if bad:
                 raise DEADiffCheckpointError(
-                    self.source, f"weight {bad} (of the {branch} encoder) contains NaN or Inf values; the file is "
-                                 "corrupt: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)")
-            raise FloatingPointError(f"the {branch} tokens overflowed in {dtype}; try running the encoder "
-                                     "in float32 (ComfyUI's --fp32-text-enc)")
+                    self.source,
+                    f"weight {bad} (of the {branch} encoder) contains NaN or Inf values; the file is "
+                    "corrupt: download deadiff_v1.ckpt again (Hugging Face qth/DEADiff)",
+                )
+            raise FloatingPointError(
+                f"the {branch} tokens overflowed in {dtype}; try running the encoder "
+                "in float32 (ComfyUI's --fp32-text-enc)"
+            )
         return tokens
 
     def load_official(self, tensors: dict) -> None:
@@ -100,8 +126,9 @@ class DualEncoder(nn.Module):
         for branch in BRANCHES:
             self.qformers[branch].load_official(tensors, f"{branch}_blip.")
             p = f"{branch}_proj_layer."
-            self.projs[branch].load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)},
-                                               strict=True, assign=True)
+            self.projs[branch].load_state_dict(
+                {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}, strict=True, assign=True
+            )
 
 
 class DEADiffModel(nn.Module):
@@ -130,8 +157,13 @@ def _materialize_buffers(model: nn.Module) -> None:
             module.register_buffer(name, value, persistent=False)
 
 
-def build_model(tensors: dict, config: DEADiffConfig, dtype: torch.dtype = torch.float32,
-                source: str = "DEADiff model", operations=None) -> DEADiffModel:
+def build_model(
+    tensors: dict,
+    config: DEADiffConfig,
+    dtype: torch.dtype = torch.float32,
+    source: str = "DEADiff model",
+    operations=None,
+) -> DEADiffModel:
     """The model with `tensors` assigned into it; its layers are `operations`' (see operations.py)."""
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     with torch.device("meta"):
@@ -169,6 +201,11 @@ def load_deadiff(path, dtype: torch.dtype = torch.float32, progress=None, operat
         raise DEADiffCheckpointError(path, f"the tensors do not fit the DEADiff modules: {e}") from e
     model.fingerprint = metadata["weights_fingerprint"]
     model.load_report = LoadReport(
-        name=os.path.basename(str(path)), seconds=time.perf_counter() - start, file_bytes=os.path.getsize(path),
-        bytes_read=bytes_read, compact_bytes=compact_bytes, is_compact=metadata.get("format") == COMPACT_FORMAT)
+        name=os.path.basename(str(path)),
+        seconds=time.perf_counter() - start,
+        file_bytes=os.path.getsize(path),
+        bytes_read=bytes_read,
+        compact_bytes=compact_bytes,
+        is_compact=metadata.get("format") == COMPACT_FORMAT,
+    )
     return model

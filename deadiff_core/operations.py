@@ -7,6 +7,7 @@ and Q-Formers are transformers models that create torch.nn layers themselves, so
 swapped after construction (on the meta device, before any weight is loaded): the same shapes, the
 host's classes. `operations` is any object with those four attributes; None keeps torch.nn.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -18,12 +19,24 @@ def _rebuild(layer: nn.Module, operations) -> nn.Module | None:
     if kind is nn.Linear:
         return operations.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     if kind is nn.Conv2d:
-        return operations.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                                 padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                                 bias=layer.bias is not None, padding_mode=layer.padding_mode)
+        return operations.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
     if kind is nn.LayerNorm:
-        return operations.LayerNorm(layer.normalized_shape, eps=layer.eps, elementwise_affine=layer.elementwise_affine,
-                                    bias=layer.bias is not None)
+        return operations.LayerNorm(
+            layer.normalized_shape,
+            eps=layer.eps,
+            elementwise_affine=layer.elementwise_affine,
+            bias=layer.bias is not None,
+        )
     if kind is nn.Embedding:
         return operations.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
     return None

@@ -24,6 +24,7 @@ writes one and lists its globals) and off torch's own weights-only list.
 DENIED holds module families and builtins that can run code, reach the system or load another pickle.
 It wins over ALLOWED, so a future allowlist entry cannot open a way to them.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -33,58 +34,237 @@ from typing import NamedTuple
 
 import torch
 
-_STORAGES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-             "ComplexFloat", "ComplexDouble", "QInt8", "QUInt8", "QInt32", "QUInt4x2", "QUInt2x4")
+_STORAGES = (
+    "Double",
+    "Float",
+    "Half",
+    "BFloat16",
+    "Long",
+    "Int",
+    "Short",
+    "Char",
+    "Byte",
+    "Bool",
+    "ComplexFloat",
+    "ComplexDouble",
+    "QInt8",
+    "QUInt8",
+    "QInt32",
+    "QUInt4x2",
+    "QUInt2x4",
+)
 _DTYPES = tuple(name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype))
 
 ALLOWED = frozenset(
-    [f"torch.{s}Storage" for s in _STORAGES] + [f"torch.cuda.{s}Storage" for s in _STORAGES]
+    [f"torch.{s}Storage" for s in _STORAGES]
+    + [f"torch.cuda.{s}Storage" for s in _STORAGES]
     + [f"torch.{d}" for d in _DTYPES]
-    + ["torch.Size", "torch.device", "torch.nn.parameter.Parameter", "torch.serialization._get_layout",
-       "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-       "torch._utils._rebuild_parameter_with_state", "torch._tensor._rebuild_from_type_v2",
-       "collections.OrderedDict", "collections.defaultdict",
-       # pytorch_lightning 1.x and 2.x (also as the `lightning` package)
-       "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
-       "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
-       "pytorch_lightning.utilities.parsing.AttributeDict",
-       "lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict",
-       # OmegaConf configs as Lightning saves them in hyper_parameters
-       "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-       "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
-       "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode",
-       "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
-       "typing.Any", "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.frozenset",
-       "builtins.int", "builtins.float", "builtins.str", "builtins.bool", "builtins.bytes",
-       "builtins.bytearray", "builtins.complex", "builtins.object",
-       # numpy scalars of Lightning 1.x's ModelCheckpoint records
-       "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-       "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
-       "_codecs.encode"])
+    + [
+        "torch.Size",
+        "torch.device",
+        "torch.nn.parameter.Parameter",
+        "torch.serialization._get_layout",
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state",
+        "torch._tensor._rebuild_from_type_v2",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        # pytorch_lightning 1.x and 2.x (also as the `lightning` package)
+        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+        "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "lightning.fabric.utilities.data.AttributeDict",
+        # OmegaConf configs as Lightning saves them in hyper_parameters
+        "omegaconf.dictconfig.DictConfig",
+        "omegaconf.listconfig.ListConfig",
+        "omegaconf.base.ContainerMetadata",
+        "omegaconf.base.Metadata",
+        "omegaconf.nodes.AnyNode",
+        "omegaconf.nodes.StringNode",
+        "omegaconf.nodes.IntegerNode",
+        "omegaconf.nodes.FloatNode",
+        "omegaconf.nodes.BooleanNode",
+        "typing.Any",
+        "builtins.dict",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.int",
+        "builtins.float",
+        "builtins.str",
+        "builtins.bool",
+        "builtins.bytes",
+        "builtins.bytearray",
+        "builtins.complex",
+        "builtins.object",
+        # numpy scalars of Lightning 1.x's ModelCheckpoint records
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "_codecs.encode",
+    ]
+)
 
 # Module families (the module itself and everything under it) that can run code, reach the system,
 # the network or another pickle.
 DENIED_MODULES = (
-    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
-    "_socket", "ssl", "select", "selectors", "importlib", "imp", "zipimport", "pkgutil", "runpy", "site",
-    "pty", "tty", "webbrowser", "pickle", "_pickle", "pickletools", "copyreg", "shelve", "marshal", "types",
-    "ctypes", "_ctypes", "cffi", "code", "codeop", "compileall", "py_compile", "functools", "_functools",
-    "operator", "_operator", "io", "_io", "pathlib", "tempfile", "glob", "fileinput", "multiprocessing",
-    "concurrent", "threading", "_thread", "signal", "asyncio", "http", "urllib", "urllib3", "requests",
-    "ftplib", "smtplib", "telnetlib", "xmlrpc", "aiohttp", "pip", "setuptools", "distutils", "ensurepip",
-    "venv", "pydoc", "inspect", "ast", "dis", "timeit", "profile", "cProfile", "pdb", "bdb", "trace",
-    "doctest", "idlelib", "test", "platform", "uuid", "logging", "gc", "weakref", "dill", "cloudpickle",
-    "joblib", "_osx_support", "_aix_support", "_pyrepl", "_winapi", "msvcrt", "winreg",
-    "torch.hub", "torch.load", "torch.save", "torch.serialization.load", "torch.jit", "torch.package",
-    "torch.utils.cpp_extension", "torch.utils.collect_env", "torch.utils.data", "torch._C", "torch.ops",
-    "torch._dynamo", "torch._inductor", "torch.fx", "torch.compile", "torch.utils._config_module",
-    "numpy.load", "numpy.lib.npyio", "numpy.f2py", "numpy.testing", "numpy.distutils", "numpy.ctypeslib",
+    "os",
+    "posix",
+    "nt",
+    "posixpath",
+    "ntpath",
+    "subprocess",
+    "_posixsubprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "_socket",
+    "ssl",
+    "select",
+    "selectors",
+    "importlib",
+    "imp",
+    "zipimport",
+    "pkgutil",
+    "runpy",
+    "site",
+    "pty",
+    "tty",
+    "webbrowser",
+    "pickle",
+    "_pickle",
+    "pickletools",
+    "copyreg",
+    "shelve",
+    "marshal",
+    "types",
+    "ctypes",
+    "_ctypes",
+    "cffi",
+    "code",
+    "codeop",
+    "compileall",
+    "py_compile",
+    "functools",
+    "_functools",
+    "operator",
+    "_operator",
+    "io",
+    "_io",
+    "pathlib",
+    "tempfile",
+    "glob",
+    "fileinput",
+    "multiprocessing",
+    "concurrent",
+    "threading",
+    "_thread",
+    "signal",
+    "asyncio",
+    "http",
+    "urllib",
+    "urllib3",
+    "requests",
+    "ftplib",
+    "smtplib",
+    "telnetlib",
+    "xmlrpc",
+    "aiohttp",
+    "pip",
+    "setuptools",
+    "distutils",
+    "ensurepip",
+    "venv",
+    "pydoc",
+    "inspect",
+    "ast",
+    "dis",
+    "timeit",
+    "profile",
+    "cProfile",
+    "pdb",
+    "bdb",
+    "trace",
+    "doctest",
+    "idlelib",
+    "test",
+    "platform",
+    "uuid",
+    "logging",
+    "gc",
+    "weakref",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "_osx_support",
+    "_aix_support",
+    "_pyrepl",
+    "_winapi",
+    "msvcrt",
+    "winreg",
+    "torch.hub",
+    "torch.load",
+    "torch.save",
+    "torch.serialization.load",
+    "torch.jit",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.utils.collect_env",
+    "torch.utils.data",
+    "torch._C",
+    "torch.ops",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.fx",
+    "torch.compile",
+    "torch.utils._config_module",
+    "numpy.load",
+    "numpy.lib.npyio",
+    "numpy.f2py",
+    "numpy.testing",
+    "numpy.distutils",
+    "numpy.ctypeslib",
 )
 # Builtins that run or compile code, reach attributes by name, import, or open files.
 DENIED_BUILTINS = frozenset(
-    ("eval", "exec", "execfile", "compile", "getattr", "setattr", "delattr", "__import__", "__build_class__",
-     "open", "file", "input", "raw_input", "breakpoint", "globals", "locals", "vars", "help", "exit", "quit",
-     "apply", "reload", "type", "memoryview", "classmethod", "staticmethod", "property", "super"))
+    (
+        "eval",
+        "exec",
+        "execfile",
+        "compile",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__import__",
+        "__build_class__",
+        "open",
+        "file",
+        "input",
+        "raw_input",
+        "breakpoint",
+        "globals",
+        "locals",
+        "vars",
+        "help",
+        "exit",
+        "quit",
+        "apply",
+        "reload",
+        "type",
+        "memoryview",
+        "classmethod",
+        "staticmethod",
+        "property",
+        "super",
+    )
+)
 
 CAN_RUN_CODE = "can run code"
 NOT_ALLOWED = "not data-only"
@@ -92,6 +272,7 @@ NOT_ALLOWED = "not data-only"
 
 class Verdict(NamedTuple):
     """A refused global: its full name (as a real unpickler would import it) and why."""
+
     name: str
     reason: str  # CAN_RUN_CODE or NOT_ALLOWED
 
@@ -129,8 +310,7 @@ def extension_name(code: int) -> str:
     return qualified(*found) if found else f"extension code {code}"
 
 
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-               "SHORT_BINSTRING"}
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
 
 
 def globals_in(data: bytes, start: int = 0) -> list[tuple[str, int, str]]:

@@ -6,6 +6,7 @@ default, and its output is unchanged. `center crop` keeps the largest centred sq
 places the whole image in a square of a chosen colour; both then resize that square exactly as
 `squash` resizes the image, so a square image gives the same pixels in all three modes.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,11 +27,15 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected images as (batch, height, width, channels) with 1, 3 or 4 channels, "
-                         f"got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"expected images as (batch, height, width, channels) with 1, 3 or 4 channels, "
+            f"got shape {tuple(images.shape)}"
+        )
     if min(images.shape[:3]) < 1:
-        raise ValueError(f"the reference image is empty (batch, height, width = {tuple(images.shape[:3])}); "
-                         "connect an image of at least 1x1 pixel")
+        raise ValueError(
+            f"the reference image is empty (batch, height, width = {tuple(images.shape[:3])}); "
+            "connect an image of at least 1x1 pixel"
+        )
     if images.shape[-1] == 1:
         return images.expand(-1, -1, -1, 3)
     return images[..., :3]
@@ -78,15 +83,16 @@ def to_square(x: torch.Tensor, resize_mode: str, fill) -> torch.Tensor:
     height, width = x.shape[-2:]
     side, top, left = square_offsets(height, width, resize_mode)
     if resize_mode == CENTER_CROP:
-        return x[..., top:top + side, left:left + side]
+        return x[..., top : top + side, left : left + side]
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
     canvas = fill.expand(x.shape[1], side, side).repeat(x.shape[0], 1, 1, 1)
-    canvas[..., top:top + height, left:left + width] = x
+    canvas[..., top : top + height, left : left + width] = x
     return canvas
 
 
-def reference_pixels(images: torch.Tensor, image_size: int, resize_mode: str = SQUASH,
-                     pad_color=DEFAULT_PAD_COLOR) -> torch.Tensor:
+def reference_pixels(
+    images: torch.Tensor, image_size: int, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR
+) -> torch.Tensor:
     """The picture the vision tower reads, before CLIP's normalization: the image made square by
     `resize_mode`, resized to image_size^2 with antialiased bicubic and clamped to 0..1 as PIL's 8-bit
     output is. -> (B, 3, S, S), float32."""
@@ -96,12 +102,15 @@ def reference_pixels(images: torch.Tensor, image_size: int, resize_mode: str = S
     pixels = to_rgb(images).float().movedim(-1, 1)
     low, high = torch.aminmax(pixels)  # NaN and Inf show in the extremes: one pass, no full-size mask
     if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError("the reference image has NaN or infinite pixel values: the node that made it produced "
-                         "invalid numbers (for example a VAE Decode that overflowed in fp16); fix that node or "
-                         "use another image")
+        raise ValueError(
+            "the reference image has NaN or infinite pixel values: the node that made it produced "
+            "invalid numbers (for example a VAE Decode that overflowed in fp16); fix that node or "
+            "use another image"
+        )
     pixels = to_square(pixels, resize_mode, fill)
-    return F.interpolate(pixels, size=(image_size, image_size), mode="bicubic", antialias=True,
-                         align_corners=False).clamp(0.0, 1.0)
+    return F.interpolate(
+        pixels, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False
+    ).clamp(0.0, 1.0)
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -111,8 +120,9 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def preprocess(images: torch.Tensor, image_size: int, resize_mode: str = SQUASH,
-               pad_color=DEFAULT_PAD_COLOR) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor, image_size: int, resize_mode: str = SQUASH, pad_color=DEFAULT_PAD_COLOR
+) -> torch.Tensor:
     """Squash (by default: no crop, aspect not kept) to image_size^2 with antialiased bicubic, clamp to
     0..1 as PIL's 8-bit output is, then normalize with CLIP's mean and std. -> (B, 3, S, S), float32."""
     return normalize(reference_pixels(images, image_size, resize_mode, pad_color))

@@ -1,4 +1,5 @@
 """DEADiff's small projections: ProjLayer after each Q-Former, i_to_k / i_to_v at each UNet site."""
+
 from __future__ import annotations
 
 import torch
@@ -53,5 +54,12 @@ class SiteProjections(nn.Module):
         return i_to_k.weight, i_to_v.weight
 
     def load_official(self, tensors: dict[str, torch.Tensor], assign: bool = True) -> None:
-        self.sites.load_state_dict({f"{s.name}.{p}.weight": tensors[s.checkpoint_prefix + f"{p}.weight"]
-                                    for s in SITES for p in ("i_to_k", "i_to_v")}, strict=True, assign=assign)
+        self.sites.load_state_dict(
+            {
+                f"{s.name}.{p}.weight": tensors[s.checkpoint_prefix + f"{p}.weight"]
+                for s in SITES
+                for p in ("i_to_k", "i_to_v")
+            },
+            strict=True,
+            assign=assign,
+        )

@@ -9,6 +9,7 @@ would silently drop the text feed-forward, so it is not used.
 A reference mask weighs the image tokens in the cross-attention: token j's softmax weight is
 proportional to w_j * exp(logit_j), that is log(w_j) added to its logit (w_j = 0: not read).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +26,19 @@ class QFormer(nn.Module):
     def __init__(self, c: DEADiffConfig, branch: str):
         super().__init__()
         config = InstructBlipQFormerConfig(
-            vocab_size=c.vocab_size, hidden_size=c.qformer_hidden, num_hidden_layers=c.qformer_layers,
-            num_attention_heads=c.qformer_heads, intermediate_size=c.qformer_intermediate, hidden_act="gelu",
-            layer_norm_eps=1e-12, max_position_embeddings=c.max_positions, cross_attention_frequency=1,
-            encoder_hidden_size=c.encoder_hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            vocab_size=c.vocab_size,
+            hidden_size=c.qformer_hidden,
+            num_hidden_layers=c.qformer_layers,
+            num_attention_heads=c.qformer_heads,
+            intermediate_size=c.qformer_intermediate,
+            hidden_act="gelu",
+            layer_norm_eps=1e-12,
+            max_position_embeddings=c.max_positions,
+            cross_attention_frequency=1,
+            encoder_hidden_size=c.encoder_hidden,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
         config._attn_implementation = "eager"
         self.bert = InstructBlipQFormerModel(config)
         self.query_tokens = nn.Parameter(torch.zeros(1, c.num_query_tokens, c.qformer_hidden))
@@ -57,8 +67,9 @@ class QFormer(nn.Module):
         bias = torch.where(weights > 0, weights.clamp_min(1e-30).log(), torch.finfo(torch.float32).min)
         bias = bias.clamp_min(torch.finfo(dtype).min).to(dtype)[:, None, None, :]
         hidden = self.bert.embeddings(input_ids=ids, query_embeds=queries)
-        return self.bert.encoder(hidden, encoder_hidden_states=image_tokens, encoder_attention_mask=bias,
-                                 query_length=queries.shape[1]).last_hidden_state
+        return self.bert.encoder(
+            hidden, encoder_hidden_states=image_tokens, encoder_attention_mask=bias, query_length=queries.shape[1]
+        ).last_hidden_state
 
     def load_official(self, tensors: dict, prefix: str, assign: bool = True) -> None:
         """Load `{prefix}query_tokens` and `{prefix}Qformer.bert.*` (LAVIS / BERT names)."""
@@ -67,7 +78,7 @@ class QFormer(nn.Module):
         for key, value in tensors.items():
             if not key.startswith(bert):
                 continue
-            name = key[len(bert):]
+            name = key[len(bert) :]
             name = name.replace("embeddings.LayerNorm.", "embeddings.layernorm.")
             name = name.replace("attention.self.", "attention.attention.")
             hf[name] = value

@@ -11,6 +11,7 @@ an uncovered one not at all; the CLS token (the whole picture's summary) always 
 Relative weights make the mask a choice of place, not of strength: a mask painted at 0.5 everywhere
 acts like no mask; style_weight / content_weight set strength. A mask that covers nothing is refused.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,16 +66,20 @@ def reference_mask_batch(mask: torch.Tensor, batch: int) -> torch.Tensor:
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     if mask.ndim != 3 or min(mask.shape) < 1:
-        raise ValueError(f"reference_mask must be a MASK of shape (height, width) or (masks, height, width), "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"reference_mask must be a MASK of shape (height, width) or (masks, height, width), got {tuple(mask.shape)}"
+        )
     if mask.shape[0] not in (1, batch):
-        raise ValueError(f"reference_mask has {mask.shape[0]} masks for {batch} reference images: give one mask "
-                         "for all of them, or one per image")
+        raise ValueError(
+            f"reference_mask has {mask.shape[0]} masks for {batch} reference images: give one mask "
+            "for all of them, or one per image"
+        )
     return torch.nan_to_num(mask.float(), nan=0.0).clamp(0.0, 1.0).expand(batch, -1, -1)
 
 
-def token_weights(mask: torch.Tensor, height: int, width: int, image_size: int, patch_size: int,
-                  resize_mode: str = SQUASH) -> torch.Tensor:
+def token_weights(
+    mask: torch.Tensor, height: int, width: int, image_size: int, patch_size: int, resize_mode: str = SQUASH
+) -> torch.Tensor:
     """(B, H', W') reference mask for images of height x width -> (B, 1 + grid^2) weights of the ViT
     tokens (CLS first, then the patches row by row), as the module docstring describes."""
     batch = mask.shape[0]
@@ -83,23 +88,33 @@ def token_weights(mask: torch.Tensor, height: int, width: int, image_size: int, 
     square = to_square(mask.unsqueeze(1), resize_mode, 0.0)[:, 0]
     at_input = resize_to_grid(square, image_size, image_size).view(batch, image_size, image_size)
     grid = image_size // patch_size
-    read = at_input[:, :grid * patch_size, :grid * patch_size]
+    read = at_input[:, : grid * patch_size, : grid * patch_size]
     coverage = read.reshape(batch, grid, patch_size, grid, patch_size).mean(dim=(2, 4)).flatten(1)
     best = coverage.amax(dim=1, keepdim=True)
     for i in range(batch):
         if best[i] <= 0:
             where = f" of reference image {i + 1}" if batch > 1 else ""
-            why = ("is all 0" if mask[i].amax() <= 0 else
-                   f"covers only what '{resize_mode}' leaves out of the square the encoder reads")
+            why = (
+                "is all 0"
+                if mask[i].amax() <= 0
+                else f"covers only what '{resize_mode}' leaves out of the square the encoder reads"
+            )
             raise ValueError(
                 f"reference_mask{where} {why}: the encoder would read nothing of the image. Paint the region "
-                "whose style or content counts (white = read), or disconnect reference_mask to read the whole image")
+                "whose style or content counts (white = read), or disconnect reference_mask to read the whole image"
+            )
     patches = coverage / best
     return torch.cat([torch.ones(batch, 1, dtype=patches.dtype, device=patches.device), patches], dim=1)
 
 
-def prepare_reference(images: torch.Tensor, image_size: int, patch_size: int, resize_mode: str = SQUASH,
-                      pad_color=DEFAULT_PAD_COLOR, reference_mask: torch.Tensor | None = None) -> Reference:
+def prepare_reference(
+    images: torch.Tensor,
+    image_size: int,
+    patch_size: int,
+    resize_mode: str = SQUASH,
+    pad_color=DEFAULT_PAD_COLOR,
+    reference_mask: torch.Tensor | None = None,
+) -> Reference:
     """(B, H, W, C) images in 0..1 (and an optional MASK) -> the Reference the encoders read."""
     pixels = reference_pixels(images, image_size, resize_mode, pad_color)
     weights = None

@@ -1,5 +1,6 @@
 """Custom routing (a research option): which sites get which tokens, at what scale, written as text
 such as `content=off, output_3=style*0.8` on top of the official split (deadiff_core/sites.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,8 +10,8 @@ from .sites import BRANCHES, CONTENT, SITES, SITES_BY_NAME, STYLE, Site
 
 @dataclass(frozen=True)
 class Route:
-    branch: str     # whose tokens this site attends to
-    scale: float    # multiplies the branch weight at this site
+    branch: str  # whose tokens this site attends to
+    scale: float  # multiplies the branch weight at this site
 
 
 OFF = "off"
@@ -27,7 +28,8 @@ ROUTING_HELP = (
     "split. TARGET: a site (" + ", ".join(s.name for s in SITES) + ") or a group (all, style, content, "
     "input, middle, output; style/content = the official style/content sites). VALUE: a number (scales "
     "that site's weight), style or content (which tokens the site gets), style*0.5 (both), or off (no "
-    "reference tokens at all there: plain SD1.5 attention). Example: content=off, output_3=style*0.8")
+    "reference tokens at all there: plain SD1.5 attention). Example: content=off, output_3=style*0.8"
+)
 
 
 class RoutingError(ValueError):

@@ -4,6 +4,7 @@ DEADiff's disentangled conditioning sends style tokens to the fine (high-resolut
 content tokens to the coarse ones (docs/design.md §5). Sites are named by their LDM block so that checkpoint
 keys, ComfyUI patch keys and user-facing routing strings all agree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ BRANCHES = (STYLE, CONTENT)
 
 @dataclass(frozen=True)
 class Site:
-    index: int            # position 0..15 in the official ordering
-    ldm_block: str        # "input_blocks.1", "middle_block", "output_blocks.9"
+    index: int  # position 0..15 in the official ordering
+    ldm_block: str  # "input_blocks.1", "middle_block", "output_blocks.9"
     comfy_block: tuple[str, int]  # ComfyUI's transformer_options["block"]: ("input", 1), ("middle", 0)
-    branch: str           # STYLE or CONTENT under the official split
+    branch: str  # STYLE or CONTENT under the official split
 
     @property
     def name(self) -> str:
@@ -33,11 +34,7 @@ class Site:
 
 
 _CONTENT_BLOCKS = {("input", 7), ("input", 8), ("middle", 0), ("output", 3), ("output", 4)}
-_ORDER = (
-    [("input", i) for i in (1, 2, 4, 5, 7, 8)]
-    + [("middle", 0)]
-    + [("output", i) for i in range(3, 12)]
-)
+_ORDER = [("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)] + [("output", i) for i in range(3, 12)]
 
 
 def _ldm_block(comfy_block: tuple[str, int]) -> str:

@@ -4,6 +4,7 @@ transformers' CLIPVisionModel with num_hidden_layers = the checkpoint's block co
 LAVIS tower exactly (pre-LN blocks, QuickGELU, eps 1e-5); its `last_hidden_state` is taken before
 post_layernorm, which DEADiff does not use. The LAVIS key layout is converted here.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,10 +22,21 @@ def _eager(config: CLIPVisionConfig) -> CLIPVisionConfig:
 class VisionTower(nn.Module):
     def __init__(self, c: DEADiffConfig) -> None:
         super().__init__()
-        self.clip = CLIPVisionModel(_eager(CLIPVisionConfig(
-            hidden_size=c.vision_width, intermediate_size=4 * c.vision_width, num_hidden_layers=c.vision_layers,
-            num_attention_heads=c.vision_heads, image_size=c.image_size, patch_size=c.patch_size,
-            num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5)))
+        self.clip = CLIPVisionModel(
+            _eager(
+                CLIPVisionConfig(
+                    hidden_size=c.vision_width,
+                    intermediate_size=4 * c.vision_width,
+                    num_hidden_layers=c.vision_layers,
+                    num_attention_heads=c.vision_heads,
+                    image_size=c.image_size,
+                    patch_size=c.patch_size,
+                    num_channels=3,
+                    hidden_act="quick_gelu",
+                    layer_norm_eps=1e-5,
+                )
+            )
+        )
         self.ln_vision = nn.LayerNorm(c.vision_width, eps=1e-5)
 
     @property
@@ -50,18 +62,26 @@ class VisionTower(nn.Module):
             r, h = f"{v}transformer.resblocks.{i}.", f"encoder.layers.{i}."
             for part in ("weight", "bias"):
                 q, k, val = tensors[r + f"attn.in_proj_{part}"].chunk(3, dim=0)
-                hf.update({h + f"self_attn.q_proj.{part}": q, h + f"self_attn.k_proj.{part}": k,
-                           h + f"self_attn.v_proj.{part}": val,
-                           h + f"self_attn.out_proj.{part}": tensors[r + f"attn.out_proj.{part}"],
-                           h + f"layer_norm1.{part}": tensors[r + f"ln_1.{part}"],
-                           h + f"layer_norm2.{part}": tensors[r + f"ln_2.{part}"],
-                           h + f"mlp.fc1.{part}": tensors[r + f"mlp.c_fc.{part}"],
-                           h + f"mlp.fc2.{part}": tensors[r + f"mlp.c_proj.{part}"]})
+                hf.update(
+                    {
+                        h + f"self_attn.q_proj.{part}": q,
+                        h + f"self_attn.k_proj.{part}": k,
+                        h + f"self_attn.v_proj.{part}": val,
+                        h + f"self_attn.out_proj.{part}": tensors[r + f"attn.out_proj.{part}"],
+                        h + f"layer_norm1.{part}": tensors[r + f"ln_1.{part}"],
+                        h + f"layer_norm2.{part}": tensors[r + f"ln_2.{part}"],
+                        h + f"mlp.fc1.{part}": tensors[r + f"mlp.c_fc.{part}"],
+                        h + f"mlp.fc2.{part}": tensors[r + f"mlp.c_proj.{part}"],
+                    }
+                )
         width = self.ln_vision.normalized_shape[0]
         like = tensors[v + "class_embedding"]
         # unused by DEADiff (last_hidden_state comes before it); identity so the module is complete
         hf["post_layernorm.weight"] = torch.ones(width, dtype=like.dtype)
         hf["post_layernorm.bias"] = torch.zeros(width, dtype=like.dtype)
         self.transformer.load_state_dict(hf, strict=True, assign=assign)
-        self.ln_vision.load_state_dict({"weight": tensors[prefix + "ln_vision.weight"],
-                                        "bias": tensors[prefix + "ln_vision.bias"]}, strict=True, assign=assign)
+        self.ln_vision.load_state_dict(
+            {"weight": tensors[prefix + "ln_vision.weight"], "bias": tensors[prefix + "ln_vision.bias"]},
+            strict=True,
+            assign=assign,
+        )

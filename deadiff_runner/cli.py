@@ -29,6 +29,7 @@ runner also loads that test node pack and replaces every CheckpointLoaderSimple 
 SD1.5 (DEADiffTest_TinySD15) and every ControlNetLoader by DEADiffTest_TinyControlNet, because a
 real SD1.5 file cannot exist in the test suite. It says so on stderr; never set it otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,64 +75,137 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineArgumentParser(
         prog="deadiff-run",
         description="Run a DEADiff example workflow headless through ComfyUI and save the picture as a PNG "
-                    "(with the workflow embedded, like ComfyUI's Save Image). Several --prompt / --style / --seed, "
-                    "or --jobs FILE, make a batch run in one ComfyUI session.",
+        "(with the workflow embedded, like ComfyUI's Save Image). Several --prompt / --style / --seed, "
+        "or --jobs FILE, make a batch run in one ComfyUI session.",
         epilog=f"Examples: {', '.join(wf.example_names())}. Exit status: 0 done, 1 ComfyUI failed a job or a "
-               "download failed, 2 something missing or a wrong argument.")
+        "download failed, 2 something missing or a wrong argument.",
+    )
     g = p.add_argument_group("what to run")
-    g.add_argument("--workflow", "-w", metavar="NAME|PATH", default=None,
-                   help=f"an example name (default {wf.DEFAULT_WORKFLOW}) or a UI workflow .json file")
-    g.add_argument("--style", action="append", default=[], metavar="IMAGE",
-                   help="style reference image; once per style reference the workflow has, repeated for a batch")
-    g.add_argument("--content", action="append", default=[], metavar="IMAGE",
-                   help="content reference image (content / style-and-content examples)")
-    g.add_argument("--control", action="append", default=[], metavar="IMAGE",
-                   help="image whose edges the ControlNet follows (controlnet example)")
-    g.add_argument("--prompt", "-p", action="append", default=[],
-                   help="the positive prompt (default: the workflow's); repeat it for a batch")
-    g.add_argument("--negative", "-n", help="the negative prompt (default: the workflow's; the examples use the "
-                                            "official DEADiff negative prompt)")
-    g.add_argument("--seed", type=int, action="append", default=[],
-                   help="sampler seed (default: the workflow's); repeat it for a batch")
+    g.add_argument(
+        "--workflow",
+        "-w",
+        metavar="NAME|PATH",
+        default=None,
+        help=f"an example name (default {wf.DEFAULT_WORKFLOW}) or a UI workflow .json file",
+    )
+    g.add_argument(
+        "--style",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="style reference image; once per style reference the workflow has, repeated for a batch",
+    )
+    g.add_argument(
+        "--content",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="content reference image (content / style-and-content examples)",
+    )
+    g.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="image whose edges the ControlNet follows (controlnet example)",
+    )
+    g.add_argument(
+        "--prompt",
+        "-p",
+        action="append",
+        default=[],
+        help="the positive prompt (default: the workflow's); repeat it for a batch",
+    )
+    g.add_argument(
+        "--negative",
+        "-n",
+        help="the negative prompt (default: the workflow's; the examples use the official DEADiff negative prompt)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        default=[],
+        help="sampler seed (default: the workflow's); repeat it for a batch",
+    )
     g.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; 50 in the examples)")
     g.add_argument("--cfg", type=float, help="CFG scale (default: the workflow's; 8 in the examples)")
     g.add_argument("--width", type=int, help="picture width in pixels, a multiple of 8 (default: the workflow's)")
     g.add_argument("--height", type=int, help="picture height in pixels, a multiple of 8 (default: the workflow's)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                   help="set any widget; NODE is a node id, title, type or name as printed, e.g. --set "
-                        "'Load LoRA.lora_name=x.safetensors', --set 'Apply Disentangled Conditioning.end_at=0.8' "
-                        "or --set 5.style_weight=0.8")
-    g.add_argument("--jobs", metavar="FILE", help="a batch from a file: .txt (one prompt a line), .csv (columns "
-                                                  "prompt, style, seed, ...) or .json (a list of jobs, or a grid)")
-    g.add_argument("--output", "-o", metavar="PATH.png",
-                   help="where to write the picture (default: ./<workflow>_<seed>.png); for a batch a folder "
-                        "(ending in /), NAME.png (NAME-001.png, ...) or a pattern with {index}, {seed}, {prompt}")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NODE.INPUT=VALUE",
+        help="set any widget; NODE is a node id, title, type or name as printed, e.g. --set "
+        "'Load LoRA.lora_name=x.safetensors', --set 'Apply Disentangled Conditioning.end_at=0.8' "
+        "or --set 5.style_weight=0.8",
+    )
+    g.add_argument(
+        "--jobs",
+        metavar="FILE",
+        help="a batch from a file: .txt (one prompt a line), .csv (columns "
+        "prompt, style, seed, ...) or .json (a list of jobs, or a grid)",
+    )
+    g.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH.png",
+        help="where to write the picture (default: ./<workflow>_<seed>.png); for a batch a folder "
+        "(ending in /), NAME.png (NAME-001.png, ...) or a pattern with {index}, {seed}, {prompt}",
+    )
     c = p.add_argument_group("where things are")
-    c.add_argument("--comfyui-dir", metavar="DIR", help="the ComfyUI to run (default: $COMFYUI_DIR, else the "
-                                                          "ComfyUI whose custom_nodes holds this pack)")
-    c.add_argument("--base-directory", metavar="DIR", help="ComfyUI base folder with models/, input/, custom_nodes/ "
-                                                           "(ComfyUI's --base-directory; default: the ComfyUI folder)")
-    c.add_argument("--models-dir", metavar="DIR",
-                   help="the models folder (DIR/deadiff, DIR/checkpoints, ...). Default, the first that applies: "
-                        "--base-directory's models, the ComfyUI holding this pack, a ComfyUI you named, "
-                        f"${models_home.ENV_VAR}, {models_home.user_data_dir()}")
+    c.add_argument(
+        "--comfyui-dir",
+        metavar="DIR",
+        help="the ComfyUI to run (default: $COMFYUI_DIR, else the ComfyUI whose custom_nodes holds this pack)",
+    )
+    c.add_argument(
+        "--base-directory",
+        metavar="DIR",
+        help="ComfyUI base folder with models/, input/, custom_nodes/ "
+        "(ComfyUI's --base-directory; default: the ComfyUI folder)",
+    )
+    c.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="the models folder (DIR/deadiff, DIR/checkpoints, ...). Default, the first that applies: "
+        "--base-directory's models, the ComfyUI holding this pack, a ComfyUI you named, "
+        f"${models_home.ENV_VAR}, {models_home.user_data_dir()}",
+    )
     c.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available (slow)")
-    c.add_argument("--only-deadiff-nodes", action="store_true",
-                   help="load no other custom node pack (the examples need none)")
-    c.add_argument("--server", action="append", default=[], metavar="URL",
-                   help="queue the jobs on this running ComfyUI server (e.g. http://127.0.0.1:8188) instead of "
-                        "running ComfyUI here; repeat it to spread a batch over several servers")
+    c.add_argument(
+        "--only-deadiff-nodes", action="store_true", help="load no other custom node pack (the examples need none)"
+    )
+    c.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="queue the jobs on this running ComfyUI server (e.g. http://127.0.0.1:8188) instead of "
+        "running ComfyUI here; repeat it to spread a batch over several servers",
+    )
     d = p.add_argument_group("weights")
-    d.add_argument("--download", action="store_true",
-                   help="download the missing deadiff_v1.ckpt (qth/DEADiff) and SD1.5 "
-                        "(stable-diffusion-v1-5/stable-diffusion-v1-5) from Hugging Face into the models folder "
-                        "(HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE apply)")
-    d.add_argument("--convert", action="store_true",
-                   help="convert deadiff_v1.ckpt once to deadiff_v1_compact.safetensors next to it (about 1.4 GB, "
-                        "quicker to load) and use that")
+    d.add_argument(
+        "--download",
+        action="store_true",
+        help="download the missing deadiff_v1.ckpt (qth/DEADiff) and SD1.5 "
+        "(stable-diffusion-v1-5/stable-diffusion-v1-5) from Hugging Face into the models folder "
+        "(HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE apply)",
+    )
+    d.add_argument(
+        "--convert",
+        action="store_true",
+        help="convert deadiff_v1.ckpt once to deadiff_v1_compact.safetensors next to it (about 1.4 GB, "
+        "quicker to load) and use that",
+    )
     o = p.add_argument_group("other")
-    o.add_argument("--check", action="store_true", help="report what the workflow needs and what is missing; "
-                                                        "exit 0 when complete, 2 otherwise")
+    o.add_argument(
+        "--check",
+        action="store_true",
+        help="report what the workflow needs and what is missing; exit 0 when complete, 2 otherwise",
+    )
     o.add_argument("--list", action="store_true", help="list the example workflows and exit")
     o.add_argument("--verbose", "-v", action="store_true", help="show ComfyUI's log and tracebacks")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -151,12 +225,13 @@ def list_examples() -> int:
     for name in wf.example_names():
         workflow = wf.load_workflow(wf.EXAMPLES_DIR / f"{name}.json")
         note = next((n for n in workflow["nodes"] if n.get("type") == "Note"), None)
-        first = (note["widgets_values"][0].split("\n")[0] if note and note.get("widgets_values") else "")
+        first = note["widgets_values"][0].split("\n")[0] if note and note.get("widgets_values") else ""
         print(f"{name:28s} {first}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ checks before booting
+
 
 def check_options(args) -> None:
     """What can be said about the numbers and flags alone."""
@@ -180,11 +255,15 @@ def check_options(args) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--server {url}: give the server's URL, e.g. http://127.0.0.1:8188")
     if args.server and (args.download or args.convert):
-        raise UsageError("--download / --convert work on this machine's models folder; with --server, the servers "
-                         "use their own models (run the download on each server's machine)")
+        raise UsageError(
+            "--download / --convert work on this machine's models folder; with --server, the servers "
+            "use their own models (run the download on each server's machine)"
+        )
     if args.server and (args.comfyui_dir or args.base_directory or args.models_dir or args.cpu):
-        raise UsageError("--server runs the jobs on the servers: --comfyui-dir, --base-directory, --models-dir and "
-                         "--cpu concern a ComfyUI on this machine and do not apply")
+        raise UsageError(
+            "--server runs the jobs on the servers: --comfyui-dir, --base-directory, --models-dir and "
+            "--cpu concern a ComfyUI on this machine and do not apply"
+        )
     if args.jobs and not Path(args.jobs).expanduser().is_file():
         raise UsageError(f"--jobs {args.jobs}: no such file")
 
@@ -264,6 +343,7 @@ def preflight(args, workflow: dict):
 
 # ------------------------------------------------------------------------------------------- editing one job
 
+
 def assign_images(editor: wf.Editor, roles: wf.GraphRoles, job) -> dict:
     """node id -> (role, user path) for every LoadImage the job sets (named by the file's name for now;
     `upload_images` puts the files into ComfyUI's input folder once the run goes ahead)."""
@@ -274,17 +354,23 @@ def assign_images(editor: wf.Editor, roles: wf.GraphRoles, job) -> dict:
         if not given:
             continue
         if not loaders:
-            raise WorkflowError(f"--{role} given, but this workflow has no {role} image (a Load Image node feeding "
-                                f"{'a DEADiff ' + role.capitalize() + ' Encoder' if role != 'control' else 'a ControlNet'})")
+            raise WorkflowError(
+                f"--{role} given, but this workflow has no {role} image (a Load Image node feeding "
+                f"{'a DEADiff ' + role.capitalize() + ' Encoder' if role != 'control' else 'a ControlNet'})"
+            )
         if len(given) != len(loaders):
             listed = ", ".join(f"{n} ({editor.title(n)})" for n in loaders)
-            raise WorkflowError(f"this workflow has {len(loaders)} {role} image(s), nodes {listed}: give --{role} "
-                                f"{len(loaders)} time(s), in that order")
+            raise WorkflowError(
+                f"this workflow has {len(loaders)} {role} image(s), nodes {listed}: give --{role} "
+                f"{len(loaders)} time(s), in that order"
+            )
         for node_id, path in zip(loaders, given):
             path = Path(path).expanduser().resolve()
             if node_id in assigned and assigned[node_id][1] != path:
-                raise WorkflowError(f"node {node_id} ({editor.title(node_id)}) is the {assigned[node_id][0]} and the "
-                                    f"{role} image at once; give the same file to both options")
+                raise WorkflowError(
+                    f"node {node_id} ({editor.title(node_id)}) is the {assigned[node_id][0]} and the "
+                    f"{role} image at once; give the same file to both options"
+                )
             assigned[node_id] = (role, path)
     for node_id, (_role, path) in assigned.items():
         editor.set(node_id, "image", path.name)
@@ -297,8 +383,10 @@ def apply_edits(editor: wf.Editor, roles: wf.GraphRoles, job) -> None:
         if text is None:
             continue
         if not targets:
-            raise WorkflowError(f"--{option}: found no text node feeding the sampler's "
-                                f"{option if option == 'negative' else 'positive'} input")
+            raise WorkflowError(
+                f"--{option}: found no text node feeding the sampler's "
+                f"{option if option == 'negative' else 'positive'} input"
+            )
         other = roles.negative if option == "prompt" else roles.positive
         shared = targets & other
         if shared:
@@ -374,8 +462,16 @@ def job_label(job: Job, total: int) -> str:
 
 # ------------------------------------------------------------------------------------------ what is installed
 
-def missing_report(workflow_name: str, missing: list, folder_paths, missing_images: list,
-                   missing_tokens: list = (), hints: dict = None, download_hint: bool = False) -> str:
+
+def missing_report(
+    workflow_name: str,
+    missing: list,
+    folder_paths,
+    missing_images: list,
+    missing_tokens: list = (),
+    hints: dict = None,
+    download_hint: bool = False,
+) -> str:
     hints = hints or {}
     lines = [f"{workflow_name} needs files that are not installed (nothing was loaded):", ""]
     for req in missing:
@@ -389,20 +485,30 @@ def missing_report(workflow_name: str, missing: list, folder_paths, missing_imag
             lines.append(f"    or use a file you have: --set {req.node_id}.{req.input_name}=NAME")
         lines.append("")
     for node_id, title, name, role in missing_images:
-        lines.append(f"  input image {name!r} (node {node_id}, {title}) is not in "
-                     f"{folder_paths.get_input_directory()}: pass --{role} IMAGE")
+        lines.append(
+            f"  input image {name!r} (node {node_id}, {title}) is not in "
+            f"{folder_paths.get_input_directory()}: pass --{role} IMAGE"
+        )
         lines.append("")
     for tokens in missing_tokens:
-        lines.append(f"  saved tokens {tokens.value!r} (node {tokens.node_id}, {tokens.title}) are not in {tokens.folder}")
-        lines.append("    save them first with a workflow that has DEADiff Save Tokens (deadiff_saved_style writes "
-                     "output/deadiff/my_style_00001_.safetensors),")
-        lines.append(f"    or put a shared file in {Path(folder_paths.get_input_directory()) / wf.TOKENS_SUBFOLDER}"
-                     f"{os.sep} and pick it: --set {tokens.node_id}.tokens_file=NAME")
+        lines.append(
+            f"  saved tokens {tokens.value!r} (node {tokens.node_id}, {tokens.title}) are not in {tokens.folder}"
+        )
+        lines.append(
+            "    save them first with a workflow that has DEADiff Save Tokens (deadiff_saved_style writes "
+            "output/deadiff/my_style_00001_.safetensors),"
+        )
+        lines.append(
+            f"    or put a shared file in {Path(folder_paths.get_input_directory()) / wf.TOKENS_SUBFOLDER}"
+            f"{os.sep} and pick it: --set {tokens.node_id}.tokens_file=NAME"
+        )
         lines.append("")
     if missing:
         if download_hint:
             lines.append("Download them with --download (add --convert for the compact DEADiff file).")
-        lines.append("Models somewhere else? --models-dir /path/to/ComfyUI/models, or --base-directory /path/to/ComfyUI.")
+        lines.append(
+            "Models somewhere else? --models-dir /path/to/ComfyUI/models, or --base-directory /path/to/ComfyUI."
+        )
     return "\n".join(lines)
 
 
@@ -413,13 +519,19 @@ def misplaced_hints(missing: list, folder_paths) -> dict:
     for req in missing:
         notes = []
         expected = EXPECTED_KIND.get(req.folder)
-        folders = [Path(p) for p in folder_paths.get_folder_paths(req.folder)] if req.folder in \
-            folder_paths.folder_names_and_paths else []
+        folders = (
+            [Path(p) for p in folder_paths.get_folder_paths(req.folder)]
+            if req.folder in folder_paths.folder_names_and_paths
+            else []
+        )
         if expected:
             for folder in folders:
                 for path, kind in misplaced(folder, expected):
-                    notes.append(describe(path, kind) + f", not in {req.folder}/ (Load DEADiff Model lists it but "
-                                 "cannot use it)" if req.folder == "deadiff" else describe(path, kind))
+                    notes.append(
+                        describe(path, kind) + f", not in {req.folder}/ (Load DEADiff Model lists it but cannot use it)"
+                        if req.folder == "deadiff"
+                        else describe(path, kind)
+                    )
         for folder in folders[:1]:
             for path in find_by_name(models_root, req.filename, folder):
                 notes.append(f"{path} has this name but sits in {path.parent.name}/: move it to {folder}{os.sep}")
@@ -438,10 +550,15 @@ def wrong_kind_errors(requirements: list) -> list[str]:
         kind = kind_of(req.path)
         if kind is not None and kind != expected:
             what, belongs = KINDS[kind]
-            errors.append(f"node {req.node_id} ({req.title}) is set to {req.filename}, which is {what} ({req.path}): "
-                          f"it belongs in models/{belongs}. " + (
-                              "Choose deadiff_v1.ckpt (Hugging Face qth/DEADiff) or its compact conversion"
-                              if req.folder == "deadiff" else "Choose an SD1.5 checkpoint"))
+            errors.append(
+                f"node {req.node_id} ({req.title}) is set to {req.filename}, which is {what} ({req.path}): "
+                f"it belongs in models/{belongs}. "
+                + (
+                    "Choose deadiff_v1.ckpt (Hugging Face qth/DEADiff) or its compact conversion"
+                    if req.folder == "deadiff"
+                    else "Choose an SD1.5 checkpoint"
+                )
+            )
     return errors
 
 
@@ -463,7 +580,7 @@ def use_compact(prepared: list[Prepared], requirements: list, folder_paths, conv
     for req in requirements:
         if req.folder != "deadiff" or not req.filename.lower().endswith(".ckpt"):
             continue
-        stem = req.filename[:-len(".ckpt")]
+        stem = req.filename[: -len(".ckpt")]
         compact_name = stem + COMPACT_SUFFIX
         compact_path = folder_paths.get_full_path("deadiff", compact_name)
         if req.path is not None and convert and compact_path is None:
@@ -478,8 +595,10 @@ def use_compact(prepared: list[Prepared], requirements: list, folder_paths, conv
         for item in prepared:
             if req.node_id in item.editor.ui_nodes:
                 item.editor.set(req.node_id, req.input_name, compact_name)
-        notes.append(f"node {req.node_id} ({req.title}) uses {compact_path}" +
-                     ("" if req.path else f" (the compact conversion of {req.filename}, which is not there)"))
+        notes.append(
+            f"node {req.node_id} ({req.title}) uses {compact_path}"
+            + ("" if req.path else f" (the compact conversion of {req.filename}, which is not there)")
+        )
     return notes
 
 
@@ -497,8 +616,9 @@ def download_missing(missing: list, folder_paths) -> list[str]:
     return done
 
 
-def print_check(session, home, workflow_path, requirements, roles, prompt, assigned, missing_images, editor,
-                tokens=()) -> None:
+def print_check(
+    session, home, workflow_path, requirements, roles, prompt, assigned, missing_images, editor, tokens=()
+) -> None:
     version = "?"
     version_file = session.comfyui_dir / "comfyui_version.py"
     for line in version_file.read_text().splitlines():
@@ -533,8 +653,12 @@ def print_check(session, home, workflow_path, requirements, roles, prompt, assig
 
 def saved_tokens(outputs: dict) -> list[dict]:
     """What DEADiff Save Tokens nodes reported writing."""
-    return [item for node_id in sorted(outputs, key=wf.numeric_order)
-            for item in outputs[node_id].get("deadiff_tokens", []) or [] if item.get("type") == "output"]
+    return [
+        item
+        for node_id in sorted(outputs, key=wf.numeric_order)
+        for item in outputs[node_id].get("deadiff_tokens", []) or []
+        if item.get("type") == "output"
+    ]
 
 
 def collect_outputs(outputs: dict, output_dir: Path) -> list[Path]:
@@ -560,6 +684,7 @@ class _ExecutorErrorFilter(logging.Filter):
 
 
 # ----------------------------------------------------------------------------------------------------- main
+
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -594,18 +719,27 @@ def _main(args) -> int:
         return remote.main(args, workflow_path, workflow, jobs)
 
     comfyui_dir = find_comfyui(args.comfyui_dir)
-    home = models_home.resolve(args.models_dir, args.base_directory, comfyui_dir, enclosing_comfyui(),
-                               "--comfyui-dir" if args.comfyui_dir else "COMFYUI_DIR")
+    home = models_home.resolve(
+        args.models_dir,
+        args.base_directory,
+        comfyui_dir,
+        enclosing_comfyui(),
+        "--comfyui-dir" if args.comfyui_dir else "COMFYUI_DIR",
+    )
     if home.extra and not args.models_dir:
         home.path.mkdir(parents=True, exist_ok=True)  # the stable default: made once, used from then on
     if args.models_dir and not home.path.is_dir():
         raise UsageError(f"--models-dir {home.path} is not a folder")
     level = logging.INFO if args.verbose else (logging.ERROR if args.quiet else logging.WARNING)
     started = time.monotonic()
-    session = Session(comfyui_dir,
-                      base_directory=Path(args.base_directory).expanduser().resolve() if args.base_directory else None,
-                      models_dir=home.path if home.extra else None,
-                      cpu=True if args.cpu else None, only_deadiff_nodes=args.only_deadiff_nodes, log_level=level)
+    session = Session(
+        comfyui_dir,
+        base_directory=Path(args.base_directory).expanduser().resolve() if args.base_directory else None,
+        models_dir=home.path if home.extra else None,
+        cpu=True if args.cpu else None,
+        only_deadiff_nodes=args.only_deadiff_nodes,
+        log_level=level,
+    )
     boot_seconds = time.monotonic() - started
     if not args.verbose:
         for handler in logging.getLogger().handlers:
@@ -633,8 +767,10 @@ def _run(args, session: Session, home, workflow_path: Path, workflow: dict, jobs
     skip = ()
     if test_hook:
         skip = tuple(TEST_SUBSTITUTES)
-        say(f"TEST HOOK {TEST_PACK_ENV} is set: {', '.join(f'{a} -> {b}' for a, b in TEST_SUBSTITUTES.items())} "
-            "(tiny random test models)")
+        say(
+            f"TEST HOOK {TEST_PACK_ENV} is set: {', '.join(f'{a} -> {b}' for a, b in TEST_SUBSTITUTES.items())} "
+            "(tiny random test models)"
+        )
     requirements = requirements_of(prepared, folder_paths, skip)
     missing = [r for r in requirements if r.path is None]
     if args.download and missing and not args.check:
@@ -661,8 +797,12 @@ def _run(args, session: Session, home, workflow_path: Path, workflow: dict, jobs
             for node_id in roles.images.get(role, []):
                 name = item_prompt[node_id]["inputs"].get("image")
                 entry = (node_id, item.editor.title(node_id), name, role)
-                if node_id not in item.assigned and isinstance(name, str) and entry not in missing_images \
-                        and not folder_paths.exists_annotated_filepath(name):
+                if (
+                    node_id not in item.assigned
+                    and isinstance(name, str)
+                    and entry not in missing_images
+                    and not folder_paths.exists_annotated_filepath(name)
+                ):
                     missing_images.append(entry)
     tokens = wf.token_files(prompt, folder_paths)
     missing_tokens = [t for t in tokens if not t.path.is_file()]
@@ -670,28 +810,60 @@ def _run(args, session: Session, home, workflow_path: Path, workflow: dict, jobs
     wrong = wrong_kind_errors(requirements)
 
     if args.check:
-        print_check(session, home, workflow_path, requirements, roles, prompt, first.assigned, missing_images,
-                    first.editor, tokens)
+        print_check(
+            session,
+            home,
+            workflow_path,
+            requirements,
+            roles,
+            prompt,
+            first.assigned,
+            missing_images,
+            first.editor,
+            tokens,
+        )
         for line in wrong:
             print(f"  WRONG    {line}")
         if missing or missing_images or missing_tokens or wrong:
             if missing or missing_images or missing_tokens:
-                print("\n" + missing_report(workflow_path.name, missing, folder_paths, missing_images, missing_tokens,
-                                            hints, download_hint=True), file=sys.stderr)
+                print(
+                    "\n"
+                    + missing_report(
+                        workflow_path.name,
+                        missing,
+                        folder_paths,
+                        missing_images,
+                        missing_tokens,
+                        hints,
+                        download_hint=True,
+                    ),
+                    file=sys.stderr,
+                )
             return EXIT_MISSING
         print("\nEverything this workflow needs is installed.")
         return 0
     if missing or missing_images or missing_tokens:
-        print(missing_report(workflow_path.name, missing, folder_paths, missing_images, missing_tokens, hints,
-                             download_hint=not args.download), file=sys.stderr)
+        print(
+            missing_report(
+                workflow_path.name,
+                missing,
+                folder_paths,
+                missing_images,
+                missing_tokens,
+                hints,
+                download_hint=not args.download,
+            ),
+            file=sys.stderr,
+        )
         return EXIT_MISSING
     if wrong:
         return fail(wrong[0], EXIT_MISSING)
     return run_jobs(args, session, workflow_path, prepared, test_hook, boot_seconds)
 
 
-def run_jobs(args, session: Session, workflow_path: Path, prepared: list[Prepared], test_hook: bool,
-             boot_seconds: float) -> int:
+def run_jobs(
+    args, session: Session, workflow_path: Path, prepared: list[Prepared], test_hook: bool, boot_seconds: float
+) -> int:
     folder_paths = session.folder_paths
     input_dir = Path(folder_paths.get_input_directory())
     output_dir = Path(folder_paths.get_output_directory())
@@ -712,8 +884,9 @@ def run_jobs(args, session: Session, workflow_path: Path, prepared: list[Prepare
                 reporter.job_started(job.index, job_label(job, len(prepared)))
             started = time.monotonic()
             try:
-                outputs = session.run(prompt, item.editor.workflow, reporter,
-                                      extra_pnginfo={"deadiff_job": job.parameters()})
+                outputs = session.run(
+                    prompt, item.editor.workflow, reporter, extra_pnginfo={"deadiff_job": job.parameters()}
+                )
             except RunError as e:
                 if args.verbose and e.traceback:
                     print(e.traceback, file=sys.stderr)
@@ -725,10 +898,15 @@ def run_jobs(args, session: Session, workflow_path: Path, prepared: list[Prepare
                 continue
             for saved in saved_tokens(outputs):
                 path = output_dir / saved.get("subfolder", "") / saved["filename"]
-                listed = path.relative_to(output_dir / wf.TOKENS_SUBFOLDER).as_posix() + wf.OUTPUT_SUFFIX \
-                    if (output_dir / wf.TOKENS_SUBFOLDER) in path.parents else None
-                say(f"saved tokens {path}" + (f" (DEADiff Load Style / Load Content list them as {listed!r})"
-                                             if listed else ""))
+                listed = (
+                    path.relative_to(output_dir / wf.TOKENS_SUBFOLDER).as_posix() + wf.OUTPUT_SUFFIX
+                    if (output_dir / wf.TOKENS_SUBFOLDER) in path.parents
+                    else None
+                )
+                say(
+                    f"saved tokens {path}"
+                    + (f" (DEADiff Load Style / Load Content list them as {listed!r})" if listed else "")
+                )
             files = collect_outputs(outputs, output_dir)
             if not files:
                 message = "the workflow saved no picture: it needs a Save Image node"
@@ -765,16 +943,23 @@ def run_jobs(args, session: Session, workflow_path: Path, prepared: list[Prepare
 
 def summary(total: int, times: list, failures: list, boot_seconds: float, reused=()) -> str:
     done = len(times)
-    lines = [f"deadiff-run: {done} of {total} jobs done" + (f", {len(failures)} failed" if failures else "")
-             + f"; ComfyUI boot {boot_seconds:.1f} s (once)"]
+    lines = [
+        f"deadiff-run: {done} of {total} jobs done"
+        + (f", {len(failures)} failed" if failures else "")
+        + f"; ComfyUI boot {boot_seconds:.1f} s (once)"
+    ]
     if reused:
         lines.append(f"  run once, then reused from ComfyUI's cache: {', '.join(reused)}")
     if times:
         rest = times[1:]
-        lines.append(f"  first picture {times[0]:.1f} s (loads the models)" +
-                     (f", then {sum(rest) / len(rest):.1f} s per picture ({len(rest)} more)" if rest else ""))
-        lines.append(f"  total {boot_seconds + sum(times):.1f} s, {(boot_seconds + sum(times)) / done:.1f} s per "
-                     "picture including the boot")
+        lines.append(
+            f"  first picture {times[0]:.1f} s (loads the models)"
+            + (f", then {sum(rest) / len(rest):.1f} s per picture ({len(rest)} more)" if rest else "")
+        )
+        lines.append(
+            f"  total {boot_seconds + sum(times):.1f} s, {(boot_seconds + sum(times)) / done:.1f} s per "
+            "picture including the boot"
+        )
     for job, message in failures:
         lines.append(f"  job {job.index} failed: {message}")
     return "\n".join(lines)

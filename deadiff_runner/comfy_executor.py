@@ -10,6 +10,7 @@ releases is recognised from ComfyUI's own command-line arguments, never from its
   numbers (active and inactive headroom in GB, by default derived from the machine's RAM), and the
   executor also reads `cache_args["ram_inactive"]` (a KeyError without it).
 """
+
 from __future__ import annotations
 
 import asyncio

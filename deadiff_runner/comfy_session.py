@@ -6,6 +6,7 @@ Order matters and follows main.py: command-line args are set before anything imp
 extra_model_paths.yaml is applied; then `nodes.init_extra_nodes` loads comfy_extras and the custom
 nodes (this pack among them) through ComfyUI's own loader.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,8 +57,10 @@ def find_comfyui(explicit: Optional[str]) -> Path:
     found = enclosing_comfyui()
     if found is not None:
         return found
-    raise BootError("No ComfyUI found: pass --comfyui-dir /path/to/ComfyUI, set COMFYUI_DIR, or use "
-                    "scripts/run.sh, which fetches the pinned ComfyUI 0.3.75 into its cache.")
+    raise BootError(
+        "No ComfyUI found: pass --comfyui-dir /path/to/ComfyUI, set COMFYUI_DIR, or use "
+        "scripts/run.sh, which fetches the pinned ComfyUI 0.3.75 into its cache."
+    )
 
 
 def accelerator_available() -> bool:
@@ -101,8 +104,15 @@ class _Sink:
 class Session:
     """One in-process ComfyUI."""
 
-    def __init__(self, comfyui_dir: Path, base_directory: Optional[Path] = None, models_dir: Optional[Path] = None,
-                 cpu: Optional[bool] = None, only_deadiff_nodes: bool = False, log_level: int = logging.WARNING):
+    def __init__(
+        self,
+        comfyui_dir: Path,
+        base_directory: Optional[Path] = None,
+        models_dir: Optional[Path] = None,
+        cpu: Optional[bool] = None,
+        only_deadiff_nodes: bool = False,
+        log_level: int = logging.WARNING,
+    ):
         self.comfyui_dir = comfyui_dir
         self._temp_dirs: list[str] = []
         self.pack_source = None
@@ -116,8 +126,10 @@ class Session:
             module = sys.modules.get(name)
             origin = getattr(module, "__file__", None) or ""
             if module is not None and not os.path.realpath(origin).startswith(str(comfyui_dir)):
-                raise BootError(f"a module named {name!r} from {origin} was imported before ComfyUI; run the "
-                                "runner in a fresh Python process (python -m deadiff_runner.cli)")
+                raise BootError(
+                    f"a module named {name!r} from {origin} was imported before ComfyUI; run the "
+                    "runner in a fresh Python process (python -m deadiff_runner.cli)"
+                )
         self.cpu = (not accelerator_available()) if cpu is None else cpu
 
         import comfy.options
@@ -167,8 +179,10 @@ class Session:
                 for text in [r.getMessage() for r in buffer.records] + printed.getvalue().splitlines():
                     if "deadiff" in text.lower() or str(self.pack_source) in text:
                         print(text, file=sys.stderr)
-            raise BootError(f"ComfyUI did not load the DEADiff nodes from {self.pack_source}; the log above "
-                            "says why (usually a missing requirement: pip install -r requirements.txt).")
+            raise BootError(
+                f"ComfyUI did not load the DEADiff nodes from {self.pack_source}; the log above "
+                "says why (usually a missing requirement: pip install -r requirements.txt)."
+            )
 
     # ---------------------------------------------------------------------------------------------
     def _use_models_dir(self, models_dir: Path) -> None:
@@ -188,14 +202,17 @@ class Session:
         folder_paths = self.folder_paths
         installed = None
         paths = folder_paths.folder_names_and_paths["custom_nodes"][0]
-        paths[:] = [p for p in paths if os.path.isdir(p)]  # ComfyUI's loader lists each one; a base folder may have none
+        paths[:] = [
+            p for p in paths if os.path.isdir(p)
+        ]  # ComfyUI's loader lists each one; a base folder may have none
         for folder in folder_paths.get_folder_paths("custom_nodes"):
             if not os.path.isdir(folder):
                 continue
             for entry in sorted(os.listdir(folder)):
                 path = os.path.join(folder, entry)
                 if os.path.realpath(path) == str(PACK_ROOT) or (
-                        "deadiff" in entry.lower() and os.path.isfile(os.path.join(path, "nodes", "apply.py"))):
+                    "deadiff" in entry.lower() and os.path.isfile(os.path.join(path, "nodes", "apply.py"))
+                ):
                     installed = Path(path)
                     break
             if installed:
@@ -213,14 +230,18 @@ class Session:
                 try:
                     os.symlink(target, os.path.join(folder, name), target_is_directory=True)
                 except OSError as e:
-                    raise BootError(f"could not link {target} into a temporary custom_nodes folder ({e}); "
-                                    f"put the pack in your ComfyUI's custom_nodes instead") from e
+                    raise BootError(
+                        f"could not link {target} into a temporary custom_nodes folder ({e}); "
+                        f"put the pack in your ComfyUI's custom_nodes instead"
+                    ) from e
             folder_paths.add_model_folder_path("custom_nodes", folder)
         self.pack_source = installed or PACK_ROOT
         if only_deadiff_nodes:
             args.disable_all_custom_nodes = True
-            args.whitelist_custom_nodes = [(installed.name if installed else PACK_FOLDER_NAME),
-                                           "deadiff_runner_test_pack"]
+            args.whitelist_custom_nodes = [
+                (installed.name if installed else PACK_FOLDER_NAME),
+                "deadiff_runner_test_pack",
+            ]
 
     # ---------------------------------------------------------------------------------------------
     def node_info(self):
@@ -253,8 +274,10 @@ class Session:
         executor.server = sink
         extra_data = {"client_id": "deadiff-runner"}
         if workflow is not None or extra_pnginfo:
-            extra_data["extra_pnginfo"] = {**({"workflow": workflow} if workflow is not None else {}),
-                                           **(extra_pnginfo or {})}
+            extra_data["extra_pnginfo"] = {
+                **({"workflow": workflow} if workflow is not None else {}),
+                **(extra_pnginfo or {}),
+            }
         reporter.start(prompt, valid[2])
         try:
             executor.execute(prompt, str(uuid.uuid4()), extra_data=extra_data, execute_outputs=valid[2])
@@ -268,9 +291,12 @@ class Session:
             title = node.get("_meta", {}).get("title", err.get("node_type"))
             kind = str(err.get("exception_type") or "").rsplit(".", 1)[-1]  # not the module path it was loaded from
             message = str(err.get("exception_message") or "").strip()
-            raise RunError(f"node {err.get('node_id')} ({title}) failed: "
-                           + (message if kind in FILE_ERRORS else f"{kind}: {message}"),
-                           traceback="".join(err.get("traceback") or []), kind=kind)
+            raise RunError(
+                f"node {err.get('node_id')} ({title}) failed: "
+                + (message if kind in FILE_ERRORS else f"{kind}: {message}"),
+                traceback="".join(err.get("traceback") or []),
+                kind=kind,
+            )
         return sink.outputs
 
     def close(self) -> None:
@@ -290,8 +316,10 @@ class RunError(RuntimeError):
 
 
 def format_validation_error(error: dict, node_errors: dict, prompt: dict) -> str:
-    lines = [f"ComfyUI refused the workflow: {error.get('message', error)}"
-             + (f" ({error['details']})" if error.get("details") else "")]
+    lines = [
+        f"ComfyUI refused the workflow: {error.get('message', error)}"
+        + (f" ({error['details']})" if error.get("details") else "")
+    ]
     for node_id, info in (node_errors or {}).items():
         title = prompt.get(str(node_id), {}).get("_meta", {}).get("title", info.get("class_type"))
         for item in info.get("errors", []):

@@ -3,6 +3,7 @@
 Only the file's index is read (the safetensors header, or the pickle index of a torch zip archive,
 through deadiff_core's reader, which never runs code from a file); no tensor data is loaded.
 """
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ style_mixing). From a jobs file (`--jobs FILE`):
 Relative image and output paths in a jobs file are relative to the file's folder. What a job does
 not say comes from the command line (`--steps 20 --jobs grid.json`). Nothing here imports ComfyUI.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,6 +39,7 @@ class JobsError(ValueError):
 @dataclass
 class Job:
     """One picture to make; attribute names follow the command-line options they come from."""
+
     index: int = 0
     prompt: Optional[str] = None
     negative: Optional[str] = None
@@ -66,12 +68,16 @@ def _groups(paths: list, slots: int, role: str) -> list[list]:
     if not paths:
         return [[]]
     if slots == 0:
-        raise JobsError(f"--{role} given, but this workflow has no {role} image (a Load Image node feeding "
-                        f"{'a DEADiff ' + role.capitalize() + ' Encoder' if role != 'control' else 'a ControlNet'})")
+        raise JobsError(
+            f"--{role} given, but this workflow has no {role} image (a Load Image node feeding "
+            f"{'a DEADiff ' + role.capitalize() + ' Encoder' if role != 'control' else 'a ControlNet'})"
+        )
     if len(paths) % slots:
-        raise JobsError(f"this workflow has {slots} {role} image(s): give --{role} {slots} time(s), in order "
-                        f"(or a multiple of {slots} for a batch, {slots} per picture); got {len(paths)}")
-    return [paths[i:i + slots] for i in range(0, len(paths), slots)]
+        raise JobsError(
+            f"this workflow has {slots} {role} image(s): give --{role} {slots} time(s), in order "
+            f"(or a multiple of {slots} for a batch, {slots} per picture); got {len(paths)}"
+        )
+    return [paths[i : i + slots] for i in range(0, len(paths), slots)]
 
 
 def from_command_line(args, slots: dict) -> list[Job]:
@@ -81,9 +87,21 @@ def from_command_line(args, slots: dict) -> list[Job]:
     groups = [_groups(list(getattr(args, role)), slots.get(role, 0), role) for role in IMAGE_ROLES]
     jobs = []
     for prompt, style, content, control, seed in itertools.product(prompts, *groups, seeds):
-        jobs.append(Job(prompt=prompt, negative=args.negative, style=style, content=content, control=control,
-                        seed=seed, steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
-                        overrides=list(args.overrides)))
+        jobs.append(
+            Job(
+                prompt=prompt,
+                negative=args.negative,
+                style=style,
+                content=content,
+                control=control,
+                seed=seed,
+                steps=args.steps,
+                cfg=args.cfg,
+                width=args.width,
+                height=args.height,
+                overrides=list(args.overrides),
+            )
+        )
     return number(jobs)
 
 
@@ -122,15 +140,17 @@ def read_file(path: Path) -> list[dict]:
         rows = list(csv.DictReader(text.splitlines()))
         entries = [{k.strip(): v for k, v in row.items() if k and v not in (None, "")} for row in rows]
     else:
-        entries = [{"prompt": line.strip()} for line in text.splitlines()
-                   if line.strip() and not line.lstrip().startswith("#")]
+        entries = [
+            {"prompt": line.strip()} for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
     if not entries:
         raise JobsError(f"--jobs {path}: no jobs in it")
     for number_, entry in enumerate(entries, 1):
         unknown = set(entry) - KEYS
         if unknown:
-            raise JobsError(f"--jobs {path}: job {number_} has unknown field(s) {sorted(unknown)}; the fields are "
-                            f"{sorted(KEYS)}")
+            raise JobsError(
+                f"--jobs {path}: job {number_} has unknown field(s) {sorted(unknown)}; the fields are {sorted(KEYS)}"
+            )
     return entries
 
 
@@ -139,14 +159,24 @@ def from_file(path: Path, args, slots: dict) -> list[Job]:
     path = Path(path)
     for option in ("prompt", "seed"):
         if len(getattr(args, option) or []) > 1:
-            raise JobsError(f"--jobs with several --{option}: put them in the jobs file, or give --{option} once "
-                            "as the default of every job")
+            raise JobsError(
+                f"--jobs with several --{option}: put them in the jobs file, or give --{option} once "
+                "as the default of every job"
+            )
     base = path.resolve().parent
     jobs = []
     for number_, entry in enumerate(read_file(path), 1):
         where = f"--jobs {path}, job {number_}"
-        job = Job(negative=args.negative, steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
-                  prompt=(args.prompt or [None])[0], seed=(args.seed or [None])[0], overrides=list(args.overrides))
+        job = Job(
+            negative=args.negative,
+            steps=args.steps,
+            cfg=args.cfg,
+            width=args.width,
+            height=args.height,
+            prompt=(args.prompt or [None])[0],
+            seed=(args.seed or [None])[0],
+            overrides=list(args.overrides),
+        )
         for key, kind in SCALARS.items():
             if key in entry:
                 try:
@@ -159,8 +189,10 @@ def from_file(path: Path, args, slots: dict) -> list[Job]:
                 given = list(getattr(args, role))
                 groups = _groups(given, slots.get(role, 0), role)
                 if len(groups) > 1:
-                    raise JobsError(f"--jobs with a batch of --{role} images: put them in the jobs file, or give "
-                                    f"one picture's worth as the default of every job")
+                    raise JobsError(
+                        f"--jobs with a batch of --{role} images: put them in the jobs file, or give "
+                        f"one picture's worth as the default of every job"
+                    )
                 setattr(job, role, groups[0])
                 continue
             items = value if isinstance(value, list) else str(value).split(SEPARATOR)
@@ -194,7 +226,9 @@ def assign_outputs(jobs: list[Job], output: Optional[str], workflow_stem: str, c
             continue
         seed = f"_{job.seed}" if job.seed is not None else ""
         if output is None:
-            name = f"{workflow_stem}{seed}.png" if len(jobs) == 1 else f"{workflow_stem}_{job.index:0{width}d}{seed}.png"
+            name = (
+                f"{workflow_stem}{seed}.png" if len(jobs) == 1 else f"{workflow_stem}_{job.index:0{width}d}{seed}.png"
+            )
             job.output = cwd / name
             continue
         target = Path(output).expanduser()
@@ -203,8 +237,9 @@ def assign_outputs(jobs: list[Job], output: Optional[str], workflow_stem: str, c
             try:
                 job.output = Path(output.format(index=job.index, seed=job.seed, prompt=slug)).expanduser()
             except (KeyError, IndexError, ValueError) as e:
-                raise JobsError(f"--output {output!r}: a pattern may use {{index}}, {{seed}} and {{prompt}} ({e})") \
-                    from None
+                raise JobsError(
+                    f"--output {output!r}: a pattern may use {{index}}, {{seed}} and {{prompt}} ({e})"
+                ) from None
         elif output.endswith(("/", "\\")) or target.is_dir():
             job.output = target / f"{workflow_stem}_{job.index:0{width}d}{seed}.png"
         elif len(jobs) == 1:
@@ -217,6 +252,8 @@ def assign_outputs(jobs: list[Job], output: Optional[str], workflow_stem: str, c
             raise JobsError(f"--output {job.output}: the picture is a PNG; give a .png path")
         key = str(job.output.resolve())
         if key in seen:
-            raise JobsError(f"jobs {seen[key]} and {job.index} would both write {job.output}; give each its own "
-                            "output (a pattern such as --output 'out/{index}_{seed}.png')")
+            raise JobsError(
+                f"jobs {seen[key]} and {job.index} would both write {job.output}; give each its own "
+                "output (a pattern such as --output 'out/{index}_{seed}.png')"
+            )
         seen[key] = job.index

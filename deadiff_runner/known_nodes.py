@@ -11,6 +11,7 @@ the running ComfyUI; after a node changes, rewrite it with
 
     python -m deadiff_runner.known_nodes            # boots ComfyUI in this process, rewrites the file
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,34 @@ from typing import Optional
 
 SNAPSHOT = Path(__file__).resolve().parent / "known_nodes.json"
 # the options of an input that change its widget layout or the values it accepts
-KEPT_OPTIONS = ("min", "max", "step", "default", "forceInput", "defaultInput", "control_after_generate",
-                "image_upload", "video_upload", "animated_image_upload", "audio_upload")
+KEPT_OPTIONS = (
+    "min",
+    "max",
+    "step",
+    "default",
+    "forceInput",
+    "defaultInput",
+    "control_after_generate",
+    "image_upload",
+    "video_upload",
+    "animated_image_upload",
+    "audio_upload",
+)
 # besides the types the examples use: the pack's other nodes and the core nodes a user's variant is likely to add
-EXTRA_TYPES = ("DEADiffMixContents", "DEADiffLoadContent", "DEADiffRouting", "KSamplerAdvanced", "VAELoader",
-               "LoraLoaderModelOnly", "CheckpointLoader", "PreviewImage", "LoadImageMask", "ControlNetApply",
-               "DiffControlNetLoader", "ImageScale")
+EXTRA_TYPES = (
+    "DEADiffMixContents",
+    "DEADiffLoadContent",
+    "DEADiffRouting",
+    "KSamplerAdvanced",
+    "VAELoader",
+    "LoraLoaderModelOnly",
+    "CheckpointLoader",
+    "PreviewImage",
+    "LoadImageMask",
+    "ControlNetApply",
+    "DiffControlNetLoader",
+    "ImageScale",
+)
 
 
 def _reduce_spec(spec):
@@ -46,9 +69,14 @@ def reduce(info: dict) -> dict:
     for group in ("required", "optional"):
         table = (info.get("input") or {}).get(group) or {}
         inputs[group] = {name: _reduce_spec(spec) for name, spec in table.items()}
-    return {"input": inputs, "input_order": info.get("input_order") or {k: list(v) for k, v in inputs.items()},
-            "output": list(info.get("output") or []), "output_name": list(info.get("output_name") or []),
-            "name": info.get("name"), "display_names": [info.get("display_name") or info.get("name")]}
+    return {
+        "input": inputs,
+        "input_order": info.get("input_order") or {k: list(v) for k, v in inputs.items()},
+        "output": list(info.get("output") or []),
+        "output_name": list(info.get("output_name") or []),
+        "name": info.get("name"),
+        "display_names": [info.get("display_name") or info.get("name")],
+    }
 
 
 @lru_cache(maxsize=1)
@@ -100,8 +128,15 @@ def main(argv=None) -> int:
         nodes = build(session.node_info(), _load())
     finally:
         session.close()
-    SNAPSHOT.write_text(json.dumps({"about": "written by python -m deadiff_runner.known_nodes; see its docstring",
-                                    "nodes": nodes}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    SNAPSHOT.write_text(
+        json.dumps(
+            {"about": "written by python -m deadiff_runner.known_nodes; see its docstring", "nodes": nodes},
+            indent=1,
+            sort_keys=True,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     print(f"{SNAPSHOT}: {len(nodes)} node types")
     return 0
 

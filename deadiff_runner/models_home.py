@@ -14,6 +14,7 @@ In order, the first that applies:
 
 The folder is a ComfyUI models folder: `deadiff/`, `checkpoints/`, `controlnet/`, ... inside it.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,23 +51,32 @@ def is_development_copy(comfyui_dir: Path) -> bool:
         return False
 
 
-def resolve(models_dir: Optional[str], base_directory: Optional[str], comfyui_dir: Optional[Path],
-            enclosing: Optional[Path], comfyui_source: str = "COMFYUI_DIR") -> ModelsHome:
+def resolve(
+    models_dir: Optional[str],
+    base_directory: Optional[str],
+    comfyui_dir: Optional[Path],
+    enclosing: Optional[Path],
+    comfyui_source: str = "COMFYUI_DIR",
+) -> ModelsHome:
     """The models folder, by the order in the module docstring. Nothing is created here."""
     if models_dir:
         return ModelsHome(Path(models_dir).expanduser().resolve(), "given with --models-dir", True)
     if base_directory:
-        return ModelsHome(Path(base_directory).expanduser().resolve() / "models",
-                          "the models folder of --base-directory", False)
+        return ModelsHome(
+            Path(base_directory).expanduser().resolve() / "models", "the models folder of --base-directory", False
+        )
     if enclosing is not None and comfyui_dir is not None and Path(enclosing).resolve() == Path(comfyui_dir).resolve():
         return ModelsHome(Path(enclosing) / "models", "this pack is installed in that ComfyUI's custom_nodes", False)
     if comfyui_dir is not None and not is_development_copy(comfyui_dir):
-        return ModelsHome(Path(comfyui_dir) / "models", f"the models folder of the ComfyUI named by {comfyui_source}",
-                          False)
+        return ModelsHome(
+            Path(comfyui_dir) / "models", f"the models folder of the ComfyUI named by {comfyui_source}", False
+        )
     env = os.environ.get(ENV_VAR)
     if env:
         return ModelsHome(Path(env).expanduser().resolve(), f"set by ${ENV_VAR}", True)
-    reason = ("the per-user data folder (this pack is not inside a ComfyUI, and the ComfyUI in the development "
-              f"cache {development_cache()} is not a place for weights; set ${ENV_VAR} or --models-dir to use "
-              "another folder)")
+    reason = (
+        "the per-user data folder (this pack is not inside a ComfyUI, and the ComfyUI in the development "
+        f"cache {development_cache()} is not a place for weights; set ${ENV_VAR} or --models-dir to use "
+        "another folder)"
+    )
     return ModelsHome(user_data_dir(), reason, True)

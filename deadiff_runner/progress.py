@@ -3,6 +3,7 @@
 ComfyUI reports node starts through its executor's "executing" messages and step progress (the
 sampler's steps, for one) through `comfy.utils.ProgressBar`, whose global hook this reporter is.
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,8 +41,9 @@ class ProgressReporter:
         self.current = node_id
         self.started += 1
         if not self.quiet:
-            print(f"[{self.started}/{self.total_nodes}] {self.titles.get(node_id, node_id)}", file=self.stream,
-                  flush=True)
+            print(
+                f"[{self.started}/{self.total_nodes}] {self.titles.get(node_id, node_id)}", file=self.stream, flush=True
+            )
 
     def step(self, value, total, preview=None, node_id=None, prompt_id=None) -> None:
         """comfy.utils.ProgressBar's global hook."""
@@ -76,7 +78,7 @@ class BatchReporter:
         self.label = ""
         self.titles: dict = {}
         self.current = None
-        self.ran: list[set] = []   # per job, the nodes ComfyUI executed (cached nodes send no "executing")
+        self.ran: list[set] = []  # per job, the nodes ComfyUI executed (cached nodes send no "executing")
         self.bar = None
         if not quiet and tqdm is not None:
             self.bar = tqdm(total=total_jobs, desc="batch", unit=unit, file=self.stream, dynamic_ncols=True)

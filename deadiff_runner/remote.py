@@ -15,6 +15,7 @@ their speed. A server that stops answering hands its job back to the others. The
 same picture as a run in this process, since the server runs the same graph. aiohttp (a ComfyUI
 requirement) is the HTTP and websocket client.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,11 +68,15 @@ class Server:
             await self.get_json("/system_stats")
             self.object_info = await self.get_json("/object_info")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
-            raise ServerError(f"--server {self.url}: no ComfyUI answers there ({type(e).__name__}: {e}); start it, "
-                              "or check the address") from e
+            raise ServerError(
+                f"--server {self.url}: no ComfyUI answers there ({type(e).__name__}: {e}); start it, "
+                "or check the address"
+            ) from e
         if "DEADiffApply" not in self.object_info:
-            raise ServerError(f"--server {self.url}: this ComfyUI has no DEADiff nodes; install ComfyUI-DEADiff in its "
-                              "custom_nodes and restart it")
+            raise ServerError(
+                f"--server {self.url}: this ComfyUI has no DEADiff nodes; install ComfyUI-DEADiff in its "
+                "custom_nodes and restart it"
+            )
 
     def node_info(self, class_type: str) -> Optional[dict]:
         return self.object_info.get(class_type)
@@ -83,8 +88,9 @@ class Server:
         form.add_field("image", path.read_bytes(), filename=path.name, content_type="application/octet-stream")
         async with self.http.post(self.url + "/upload/image", data=form) as response:
             if response.status != 200:
-                raise JobFailed(f"{self.url}/upload/image refused {path.name}: {response.status} "
-                                f"{(await response.text())[:300]}")
+                raise JobFailed(
+                    f"{self.url}/upload/image refused {path.name}: {response.status} {(await response.text())[:300]}"
+                )
             answer = await response.json(content_type=None)
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
@@ -97,7 +103,11 @@ class Server:
         return answer["prompt_id"]
 
     async def view(self, item: dict) -> bytes:
-        params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        params = {
+            "filename": item["filename"],
+            "subfolder": item.get("subfolder", ""),
+            "type": item.get("type", "output"),
+        }
         async with self.http.get(self.url + "/view", params=params) as response:
             if response.status != 200:
                 raise JobFailed(f"{self.url}/view {params} answered {response.status}")
@@ -109,8 +119,10 @@ def format_refusal(answer, prompt: dict) -> str:
     if not isinstance(answer, dict):
         return f"ComfyUI refused the workflow: {answer}"
     error = answer.get("error") or {}
-    lines = [f"ComfyUI refused the workflow: {error.get('message', error)}"
-             + (f" ({error['details']})" if isinstance(error, dict) and error.get("details") else "")]
+    lines = [
+        f"ComfyUI refused the workflow: {error.get('message', error)}"
+        + (f" ({error['details']})" if isinstance(error, dict) and error.get("details") else "")
+    ]
     for node_id, info in (answer.get("node_errors") or {}).items():
         title = prompt.get(str(node_id), {}).get("_meta", {}).get("title", info.get("class_type"))
         for item in info.get("errors", []):
@@ -132,13 +144,21 @@ def missing_on_server(server: Server, prompt: dict, skip=()) -> list[str]:
             if folder is None or not isinstance(value, str):
                 continue
             spec = declared.get(name)
-            choices = spec[0] if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], list) else (
-                (spec[1] or {}).get("options") if isinstance(spec, (list, tuple)) and len(spec) > 1
-                and isinstance(spec[1], dict) else None)
+            choices = (
+                spec[0]
+                if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], list)
+                else (
+                    (spec[1] or {}).get("options")
+                    if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict)
+                    else None
+                )
+            )
             if choices is not None and value not in choices:
                 title = node.get("_meta", {}).get("title", node["class_type"])
-                missing.append(f"{server.url} has no {folder}/{value} (node {node_id}, {title}); put it in that "
-                               f"server's models/{folder} and refresh, or --set {node_id}.{name}=NAME")
+                missing.append(
+                    f"{server.url} has no {folder}/{value} (node {node_id}, {title}); put it in that "
+                    f"server's models/{folder} and refresh, or --set {node_id}.{name}=NAME"
+                )
     return missing
 
 
@@ -179,18 +199,27 @@ async def run_job(server: Server, item, reporter, test_hook: bool, cli) -> list[
             elif kind == "execution_error" and data.get("prompt_id") == prompt_id:
                 node_type = data.get("node_type")
                 exception = str(data.get("exception_type") or "").rsplit(".", 1)[-1]
-                raise JobFailed(f"node {data.get('node_id')} ({titles.get(str(data.get('node_id')), node_type)}) "
-                                f"failed on {server.url}: "
-                                + (data.get("exception_message", "").strip() if exception == "DEADiffCheckpointError"
-                                   else f"{exception}: {str(data.get('exception_message', '')).strip()}"))
+                raise JobFailed(
+                    f"node {data.get('node_id')} ({titles.get(str(data.get('node_id')), node_type)}) "
+                    f"failed on {server.url}: "
+                    + (
+                        data.get("exception_message", "").strip()
+                        if exception == "DEADiffCheckpointError"
+                        else f"{exception}: {str(data.get('exception_message', '')).strip()}"
+                    )
+                )
             elif kind == "execution_interrupted" and data.get("prompt_id") == prompt_id:
                 raise JobFailed(f"{server.url} interrupted the job")
     history = (await server.get_json(f"/history/{prompt_id}")).get(prompt_id) or {}
     status = history.get("status") or {}
     if status.get("status_str") not in (None, "success"):
         raise JobFailed(f"{server.url}: the job ended with status {status.get('status_str')}")
-    items = [image for node_id in sorted(history.get("outputs", {}), key=wf.numeric_order)
-             for image in history["outputs"][node_id].get("images", []) or [] if image.get("type") == "output"]
+    items = [
+        image
+        for node_id in sorted(history.get("outputs", {}), key=wf.numeric_order)
+        for image in history["outputs"][node_id].get("images", []) or []
+        if image.get("type") == "output"
+    ]
     if not items:
         raise JobFailed("the workflow saved no picture: it needs a Save Image node")
     job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +259,10 @@ async def _run(args, workflow_path: Path, workflow: dict, jobs, cli) -> int:
                     if line not in problems:
                         problems.append(line)
         if problems:
-            print("the servers lack files this workflow needs (nothing was queued):\n  " + "\n  ".join(problems),
-                  file=sys.stderr)
+            print(
+                "the servers lack files this workflow needs (nothing was queued):\n  " + "\n  ".join(problems),
+                file=sys.stderr,
+            )
             return EXIT_MISSING
         if args.check:
             for server in servers:
@@ -295,8 +326,11 @@ async def _run(args, workflow_path: Path, workflow: dict, jobs, cli) -> int:
     if batch:
         spread = ", ".join(f"{url}: {count}" for url, count in per_server.items())
         failed = f", {len(failures)} failed" if failures else ""
-        print(f"deadiff-run: {len(times)} of {len(prepared)} jobs done{failed} in {elapsed:.1f} s on "
-              f"{len(servers)} server(s) (pictures per server: {spread})", file=sys.stderr)
+        print(
+            f"deadiff-run: {len(times)} of {len(prepared)} jobs done{failed} in {elapsed:.1f} s on "
+            f"{len(servers)} server(s) (pictures per server: {spread})",
+            file=sys.stderr,
+        )
         for job, message in sorted(failures, key=lambda f: f[0].index):
             print(f"  job {job.index} failed: {message}", file=sys.stderr)
     return EXIT_FAILED if failures else 0

@@ -8,6 +8,7 @@ transfer; for that one, the DEADiff nodes), the rest dimmed, and named under the
 
     python -m deadiff_runner.thumbnails            # rewrite example_workflows/*.jpg
 """
+
 from __future__ import annotations
 
 import json
@@ -26,24 +27,54 @@ DEADIFF_TITLE = (56, 72, 110)
 NOTE_BODY = (102, 85, 51)
 TEXT = (220, 220, 220)
 SUBTEXT = (255, 196, 120)
-ACCENT = (240, 150, 50)       # outline of the nodes that set an example apart
-DIM = 0.45                    # how much of their colour the other nodes and links keep
+ACCENT = (240, 150, 50)  # outline of the nodes that set an example apart
+DIM = 0.45  # how much of their colour the other nodes and links keep
 # the front end's default link colours (dark palette); anything else is grey
-LINK_COLORS = {"MODEL": (137, 120, 167), "CLIP": (234, 203, 139), "CONDITIONING": (207, 135, 111),
-               "IMAGE": (128, 161, 192), "LATENT": (179, 142, 173), "VAE": (190, 97, 107),
-               "CONTROL_NET": (0, 215, 141), "MASK": (163, 189, 141)}
-DEADIFF_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply",
-                 "DEADiffMixStyles", "DEADiffMixContents", "DEADiffSaveTokens", "DEADiffLoadStyle",
-                 "DEADiffLoadContent", "DEADiffRouting"}
-NAMES = {"DEADiffModelLoader": "Load DEADiff Model", "DEADiffStyleEncoder": "DEADiff Style Encoder",
-         "DEADiffContentEncoder": "DEADiff Content Encoder", "DEADiffApply": "Apply Disentangled Conditioning",
-         "CheckpointLoaderSimple": "Load Checkpoint", "CLIPTextEncode": "CLIP Text Encode",
-         "EmptyLatentImage": "Empty Latent Image", "VAEDecode": "VAE Decode", "SaveImage": "Save Image",
-         "LoadImage": "Load Image", "ControlNetLoader": "Load ControlNet", "ControlNetApplyAdvanced": "Apply ControlNet",
-         "LoraLoader": "Load LoRA", "DEADiffMixStyles": "DEADiff Mix Styles",
-         "DEADiffMixContents": "DEADiff Mix Contents", "DEADiffSaveTokens": "DEADiff Save Tokens",
-         "DEADiffLoadStyle": "DEADiff Load Style", "DEADiffLoadContent": "DEADiff Load Content",
-         "DEADiffRouting": "DEADiff Layer Routing", "SolidMask": "SolidMask", "MaskComposite": "MaskComposite"}
+LINK_COLORS = {
+    "MODEL": (137, 120, 167),
+    "CLIP": (234, 203, 139),
+    "CONDITIONING": (207, 135, 111),
+    "IMAGE": (128, 161, 192),
+    "LATENT": (179, 142, 173),
+    "VAE": (190, 97, 107),
+    "CONTROL_NET": (0, 215, 141),
+    "MASK": (163, 189, 141),
+}
+DEADIFF_TYPES = {
+    "DEADiffModelLoader",
+    "DEADiffStyleEncoder",
+    "DEADiffContentEncoder",
+    "DEADiffApply",
+    "DEADiffMixStyles",
+    "DEADiffMixContents",
+    "DEADiffSaveTokens",
+    "DEADiffLoadStyle",
+    "DEADiffLoadContent",
+    "DEADiffRouting",
+}
+NAMES = {
+    "DEADiffModelLoader": "Load DEADiff Model",
+    "DEADiffStyleEncoder": "DEADiff Style Encoder",
+    "DEADiffContentEncoder": "DEADiff Content Encoder",
+    "DEADiffApply": "Apply Disentangled Conditioning",
+    "CheckpointLoaderSimple": "Load Checkpoint",
+    "CLIPTextEncode": "CLIP Text Encode",
+    "EmptyLatentImage": "Empty Latent Image",
+    "VAEDecode": "VAE Decode",
+    "SaveImage": "Save Image",
+    "LoadImage": "Load Image",
+    "ControlNetLoader": "Load ControlNet",
+    "ControlNetApplyAdvanced": "Apply ControlNet",
+    "LoraLoader": "Load LoRA",
+    "DEADiffMixStyles": "DEADiff Mix Styles",
+    "DEADiffMixContents": "DEADiff Mix Contents",
+    "DEADiffSaveTokens": "DEADiff Save Tokens",
+    "DEADiffLoadStyle": "DEADiff Load Style",
+    "DEADiffLoadContent": "DEADiff Load Content",
+    "DEADiffRouting": "DEADiff Layer Routing",
+    "SolidMask": "SolidMask",
+    "MaskComposite": "MaskComposite",
+}
 TITLE_HEIGHT = 30  # in graph units, as the front end draws node titles above pos
 
 
@@ -100,8 +131,10 @@ def render(workflow: dict, caption: str, picked: set | None = None, subtitle: st
             return color
         return _dim(color)
 
-    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in nodes}
+    boxes = {
+        n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for n in nodes
+    }
     left = min(b[0] for b in boxes.values())
     top = min(b[1] for b in boxes.values())
     right = max(b[2] for b in boxes.values())
@@ -134,12 +167,15 @@ def render(workflow: dict, caption: str, picked: set | None = None, subtitle: st
         points = []
         for i in range(33):
             t = i / 32
-            x = ((1 - t) ** 3 * start[0] + 3 * (1 - t) ** 2 * t * (start[0] + dx) + 3 * (1 - t) * t ** 2 * (end[0] - dx)
-                 + t ** 3 * end[0])
-            y = (1 - t) ** 3 * start[1] + 3 * (1 - t) ** 2 * t * start[1] + 3 * (1 - t) * t ** 2 * end[1] + t ** 3 * end[1]
+            x = (
+                (1 - t) ** 3 * start[0]
+                + 3 * (1 - t) ** 2 * t * (start[0] + dx)
+                + 3 * (1 - t) * t**2 * (end[0] - dx)
+                + t**3 * end[0]
+            )
+            y = (1 - t) ** 3 * start[1] + 3 * (1 - t) ** 2 * t * start[1] + 3 * (1 - t) * t**2 * end[1] + t**3 * end[1]
             points.append(big((x, y)))
-        draw.line(points, fill=shade(LINK_COLORS.get(kind, (150, 150, 150)), (origin, target)),
-                  width=2 * scale_up)
+        draw.line(points, fill=shade(LINK_COLORS.get(kind, (150, 150, 150)), (origin, target)), width=2 * scale_up)
 
     font = _font(max(7, int(11 * scale * 2.2)) * scale_up)
     for node in nodes:
@@ -154,8 +190,9 @@ def render(workflow: dict, caption: str, picked: set | None = None, subtitle: st
         outline = ACCENT if picked is not None and node["id"] in picked else None
         draw.rounded_rectangle([p0, p1], radius=radius, fill=body, outline=outline, width=3 * scale_up)
         title_bottom = big(at(x0, y0 + TITLE_HEIGHT))[1]
-        draw.rounded_rectangle([p0, (p1[0], title_bottom)], radius=radius, fill=title_color, outline=outline,
-                               width=3 * scale_up)
+        draw.rounded_rectangle(
+            [p0, (p1[0], title_bottom)], radius=radius, fill=title_color, outline=outline, width=3 * scale_up
+        )
         label = node.get("title") or NAMES.get(node["type"], node["type"])
         if node["type"] in DEADIFF_TYPES and not node.get("title"):
             label = NAMES[node["type"]]

@@ -27,6 +27,7 @@ Subgraphs are refused with a clear message (unpack them in the front end first).
 Nothing here imports ComfyUI: callers pass a `node_info(class_type) -> dict | None` function; use
 `comfy_node_info(nodes_module)` for the real one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,28 @@ from typing import Callable, Optional
 VIRTUAL_NODE_TYPES = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
 # Input types the front end makes a widget for (its core ComfyWidgets, the list type being COMBO).
 # Widgets that extensions add (e.g. AUDIO_UI, WEBCAM) also hold one value each.
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "BOOLEAN", "STRING", "MARKDOWN", "COMBO", "IMAGEUPLOAD", "COLOR",
-                          "IMAGECOMPARE", "CHART", "GALLERIA", "TEXTAREA", "AUDIOUPLOAD", "AUDIO_UI",
-                          "AUDIO_RECORD", "WEBCAM", "LOAD_3D", "PREVIEW_3D"})
+WIDGET_TYPES = frozenset(
+    {
+        "INT",
+        "FLOAT",
+        "BOOLEAN",
+        "STRING",
+        "MARKDOWN",
+        "COMBO",
+        "IMAGEUPLOAD",
+        "COLOR",
+        "IMAGECOMPARE",
+        "CHART",
+        "GALLERIA",
+        "TEXTAREA",
+        "AUDIOUPLOAD",
+        "AUDIO_UI",
+        "AUDIO_RECORD",
+        "WEBCAM",
+        "LOAD_3D",
+        "PREVIEW_3D",
+    }
+)
 # Widgets that the front end saves in widgets_values but never sends in a prompt.
 UI_ONLY_WIDGET_TYPES = frozenset({"IMAGEUPLOAD", "AUDIOUPLOAD", "AUDIO_UI", "AUDIO_RECORD"})
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
@@ -56,14 +76,17 @@ class MissingNodeTypes(WorkflowError):
     def __init__(self, missing: dict):
         self.missing = missing  # class_type -> [node ids]
         listed = ", ".join(f"{t} (node {', '.join(map(str, ids))})" for t, ids in sorted(missing.items()))
-        super().__init__(f"This ComfyUI has no node type {listed}. Install or update the node pack that "
-                         "provides it (for the DEADiff nodes: this pack, ComfyUI-DEADiff, and check the "
-                         "ComfyUI log for an import error).")
+        super().__init__(
+            f"This ComfyUI has no node type {listed}. Install or update the node pack that "
+            "provides it (for the DEADiff nodes: this pack, ComfyUI-DEADiff, and check the "
+            "ComfyUI log for an import error)."
+        )
 
 
 @dataclass(frozen=True)
 class Widget:
     """One entry of a node's widgets_values: the input it belongs to (None for control widgets)."""
+
     name: Optional[str]
     input_type: str
     sent: bool  # whether the front end puts this widget's value in the API prompt
@@ -114,8 +137,9 @@ def ordered_inputs(info: dict) -> list[tuple[str, object]]:
     optional = dict(declared.get("optional") or {})
     for name, spec in required.items():  # the front end's Comfy.UploadImage / UploadAudio extensions
         options = _spec_options(spec)
-        if _spec_type(spec) == "COMBO" and (options.get("image_upload") or options.get("video_upload")
-                                            or options.get("animated_image_upload")):
+        if _spec_type(spec) == "COMBO" and (
+            options.get("image_upload") or options.get("video_upload") or options.get("animated_image_upload")
+        ):
             required["upload"] = ("IMAGEUPLOAD", {"imageInputName": name})
             break
     audio = required.get("audio")
@@ -172,8 +196,8 @@ def widget_values(node: dict, info: dict) -> dict:
     if isinstance(values, dict):  # some front-end extensions save widgets by name
         return {w.name: values[w.name] for w in layout if w.sent and w.name in values}
     optional = set((info.get("input") or {}).get("optional") or {})
-    if len(values) < len(layout) and all(w.name in optional for w in layout[len(values):]):
-        layout = layout[:len(values)]  # saved before these optional widgets existed: they keep their defaults
+    if len(values) < len(layout) and all(w.name in optional for w in layout[len(values) :]):
+        layout = layout[: len(values)]  # saved before these optional widgets existed: they keep their defaults
     if len(values) != len(layout):
         # workflows saved by front ends that still kept a value for each forceInput input
         legacy = widget_layout(info, include_force_input=True)
@@ -184,13 +208,16 @@ def widget_values(node: dict, info: dict) -> dict:
             raise WorkflowError(
                 f"node {node.get('id')} ({node.get('type')}): {len(values)} widget values {values!r} but this "
                 f"ComfyUI's {node.get('type')} has {len(names)} widgets {names}; the workflow was saved with a "
-                "different version of that node.")
+                "different version of that node."
+            )
     out = {}
     for widget, value in zip(layout, values):
         if widget.name is None:
             if value not in CONTROL_VALUES and widget.input_type == "CONTROL":
-                raise WorkflowError(f"node {node.get('id')} ({node.get('type')}): control value {value!r} is not one "
-                                    f"of {CONTROL_VALUES}")
+                raise WorkflowError(
+                    f"node {node.get('id')} ({node.get('type')}): control value {value!r} is not one "
+                    f"of {CONTROL_VALUES}"
+                )
             continue
         if widget.sent:
             out[widget.name] = value
@@ -207,12 +234,16 @@ def set_widget_value(node: dict, info: dict, name: str, value) -> None:
     for index, widget in enumerate(layout):
         if widget.name == name:
             if len(values) != len(layout):
-                raise WorkflowError(f"node {node.get('id')} ({node.get('type')}) has {len(values)} widget values, "
-                                    f"expected {len(layout)}")
+                raise WorkflowError(
+                    f"node {node.get('id')} ({node.get('type')}) has {len(values)} widget values, "
+                    f"expected {len(layout)}"
+                )
             values[index] = value
             return
-    raise WorkflowError(f"node {node.get('id')} ({node.get('type')}) has no widget {name!r}; its widgets are "
-                        f"{[w.name for w in layout if w.name]}")
+    raise WorkflowError(
+        f"node {node.get('id')} ({node.get('type')}) has no widget {name!r}; its widgets are "
+        f"{[w.name for w in layout if w.name]}"
+    )
 
 
 class _Graph:
@@ -225,14 +256,22 @@ class _Graph:
         self.nodes = {}
         for node in workflow["nodes"]:
             if node.get("type") in subgraphs:
-                raise WorkflowError(f"node {node.get('id')} is a subgraph; convert it back to nodes (Unpack Subgraph) "
-                                    "before running this workflow headless")
+                raise WorkflowError(
+                    f"node {node.get('id')} is a subgraph; convert it back to nodes (Unpack Subgraph) "
+                    "before running this workflow headless"
+                )
             self.nodes[node["id"]] = node
         self.links = {}
         for link in workflow.get("links") or []:
             if isinstance(link, dict):  # the 1.x schema's object form
-                link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                        link.get("type")]
+                link = [
+                    link["id"],
+                    link["origin_id"],
+                    link["origin_slot"],
+                    link["target_id"],
+                    link["target_slot"],
+                    link.get("type"),
+                ]
             self.links[link[0]] = link
 
     def upstream(self, node: dict, slot_index: int):
@@ -242,8 +281,10 @@ class _Graph:
             return None
         link = self.links.get(link_id)
         if link is None:
-            raise WorkflowError(f"node {node['id']} input {node['inputs'][slot_index].get('name')!r} refers to link "
-                                f"{link_id}, which the workflow does not have")
+            raise WorkflowError(
+                f"node {node['id']} input {node['inputs'][slot_index].get('name')!r} refers to link "
+                f"{link_id}, which the workflow does not have"
+            )
         origin = self.nodes.get(link[1])
         if origin is None:
             raise WorkflowError(f"link {link_id} comes from node {link[1]}, which the workflow does not have")
@@ -311,8 +352,10 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
             if slot.get("link") is None:
                 continue
             if name not in declared:
-                raise WorkflowError(f"node {node_id} ({node.get('type')}) has a link into {name!r}, an input this "
-                                    f"ComfyUI's {node.get('type')} does not have")
+                raise WorkflowError(
+                    f"node {node_id} ({node.get('type')}) has a link into {name!r}, an input this "
+                    f"ComfyUI's {node.get('type')} does not have"
+                )
             source = graph.resolve(node, index)
             if source is None:  # fed by a muted node or an empty Reroute: like the front end, send nothing
                 continue

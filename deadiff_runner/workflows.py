@@ -5,6 +5,7 @@ is the one that made the picture; the roles of its nodes (which LoadImage is the
 which text is the positive prompt) are read from the graph's links, not from titles, so a workflow
 of your own works as long as it is wired the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .workflow_api import (VIRTUAL_NODE_TYPES, WorkflowError, set_widget_value, ui_nodes_by_id, ui_to_api,
-                           widget_layout)
+from .workflow_api import VIRTUAL_NODE_TYPES, WorkflowError, set_widget_value, ui_nodes_by_id, ui_to_api, widget_layout
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "example_workflows"
 DEFAULT_WORKFLOW = "deadiff_style_transfer"
-OFFICIAL_NEGATIVE = ("over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
-                     "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, "
-                     "bad proportions, deformed, blurry, duplicate")
+OFFICIAL_NEGATIVE = (
+    "over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
+    "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, "
+    "bad proportions, deformed, blurry, duplicate"
+)
 
 # (node type, input) -> ComfyUI model folder of the file it names
 MODEL_INPUTS = {
@@ -36,15 +38,17 @@ MODEL_INPUTS = {
 # where to get the files the examples name
 KNOWN_SOURCES = {
     "deadiff_v1.ckpt": "Hugging Face qth/DEADiff, https://huggingface.co/qth/DEADiff (the official DEADiff "
-                       "weights; read their licence first). Use the file as downloaded, no renaming.",
+    "weights; read their licence first). Use the file as downloaded, no renaming.",
     "v1-5-pruned-emaonly.safetensors": "the SD1.5 release on Hugging Face, "
-                                       "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
     "control_v11p_sd15_canny.pth": "Hugging Face lllyasviel/ControlNet-v1-1, "
-                                   "https://huggingface.co/lllyasviel/ControlNet-v1-1",
+    "https://huggingface.co/lllyasviel/ControlNet-v1-1",
 }
 FOLDER_SOURCES = {
     "checkpoints": "any SD1.5 checkpoint or fine-tune you have",
-    "deadiff": "deadiff_v1.ckpt from https://huggingface.co/qth/DEADiff, or a compact file made from it by deadiff-convert",
+    "deadiff": (
+        "deadiff_v1.ckpt from https://huggingface.co/qth/DEADiff, or a compact file made from it by deadiff-convert"
+    ),
     "controlnet": "an SD1.5 ControlNet of the matching kind",
     "loras": "any SD1.5 LoRA you have",
     "vae": "an SD1.5 VAE",
@@ -73,8 +77,10 @@ def find_workflow(name_or_path: Optional[str]) -> Path:
         example = EXAMPLES_DIR / f"{candidate}.json"
         if example.is_file():
             return example
-    raise WorkflowError(f"no workflow {name_or_path!r}: not a file, and not one of the examples "
-                        f"({', '.join(example_names()) or 'none found in ' + str(EXAMPLES_DIR)})")
+    raise WorkflowError(
+        f"no workflow {name_or_path!r}: not a file, and not one of the examples "
+        f"({', '.join(example_names()) or 'none found in ' + str(EXAMPLES_DIR)})"
+    )
 
 
 def load_workflow(path: Path) -> dict:
@@ -83,8 +89,10 @@ def load_workflow(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise WorkflowError(f"cannot read workflow {path}: {e}") from e
     if not isinstance(workflow, dict) or "nodes" not in workflow:
-        raise WorkflowError(f"{path} is not a ComfyUI UI workflow (no 'nodes'); save it from the ComfyUI menu "
-                            "with Workflow > Save (not Export (API))")
+        raise WorkflowError(
+            f"{path} is not a ComfyUI UI workflow (no 'nodes'); save it from the ComfyUI menu "
+            "with Workflow > Save (not Export (API))"
+        )
     return workflow
 
 
@@ -105,8 +113,9 @@ class Requirement:
 @dataclass
 class GraphRoles:
     """What each node does in the picture, read from an API prompt's links."""
+
     images: dict = field(default_factory=lambda: defaultdict(list))  # role -> [LoadImage node ids]
-    positive: set = field(default_factory=set)   # text-encoder node ids feeding a sampler's positive
+    positive: set = field(default_factory=set)  # text-encoder node ids feeding a sampler's positive
     negative: set = field(default_factory=set)
     samplers: list = field(default_factory=list)
     latents: list = field(default_factory=list)
@@ -172,10 +181,18 @@ def _trace_text(prompt: dict, node_info, link, seen: set) -> set:
     names = [str(n).lower() for n in (info.get("output_name") or [])]
     wanted = names[slot] if slot < len(names) else ""
     declared = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
-    follow = [wanted] if isinstance(node["inputs"].get(wanted), list) else [
-        name for name, spec in declared.items()
-        if isinstance(node["inputs"].get(name), list) and isinstance(spec, (list, tuple)) and spec
-        and spec[0] == "CONDITIONING"]
+    follow = (
+        [wanted]
+        if isinstance(node["inputs"].get(wanted), list)
+        else [
+            name
+            for name, spec in declared.items()
+            if isinstance(node["inputs"].get(name), list)
+            and isinstance(spec, (list, tuple))
+            and spec
+            and spec[0] == "CONDITIONING"
+        ]
+    )
     found = set()
     for name in follow:
         found |= _trace_text(prompt, node_info, node["inputs"][name], seen)
@@ -218,18 +235,24 @@ class Editor:
         if str(target) in self.ui_nodes:
             return str(target)
         real = {nid: n for nid, n in self.ui_nodes.items() if n.get("type") not in VIRTUAL_NODE_TYPES}
-        keys = (("title", lambda n: [n.get("title")]), ("type", lambda n: [n.get("type")]),
-                ("display name", lambda n: self.display_names(n.get("type"))),
-                ("shown name", lambda n: [n.get("title")] if n.get("title") else self.display_names(n.get("type"))))
+        keys = (
+            ("title", lambda n: [n.get("title")]),
+            ("type", lambda n: [n.get("type")]),
+            ("display name", lambda n: self.display_names(n.get("type"))),
+            ("shown name", lambda n: [n.get("title")] if n.get("title") else self.display_names(n.get("type"))),
+        )
         for key, read in keys:
             hits = [nid for nid, n in real.items() if target.lower() in [str(v or "").lower() for v in read(n)]]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
-                raise WorkflowError(f"{len(hits)} nodes have the {key} {target!r} (ids {', '.join(hits)}): "
-                                    "use the node id")
-        listed = "; ".join(f"{nid} {self.title(nid)!r} ({n.get('type')})" for nid, n in
-                           sorted(real.items(), key=lambda item: numeric_order(item[0])))
+                raise WorkflowError(
+                    f"{len(hits)} nodes have the {key} {target!r} (ids {', '.join(hits)}): use the node id"
+                )
+        listed = "; ".join(
+            f"{nid} {self.title(nid)!r} ({n.get('type')})"
+            for nid, n in sorted(real.items(), key=lambda item: numeric_order(item[0]))
+        )
         raise WorkflowError(f"no node with id, title, type or name {target!r}; this workflow's nodes: {listed}")
 
     def apply_override(self, spec: str) -> None:
@@ -237,13 +260,17 @@ class Editor:
         target, sep, value = spec.partition("=")
         node_ref, dot, name = target.rpartition(".")
         if not sep or not dot or not node_ref or not name:
-            raise WorkflowError(f"--set {spec!r}: write NODE.INPUT=VALUE, e.g. --set 'Load LoRA.lora_name=x.safetensors'")
+            raise WorkflowError(
+                f"--set {spec!r}: write NODE.INPUT=VALUE, e.g. --set 'Load LoRA.lora_name=x.safetensors'"
+            )
         node_id = self.find_node(node_ref.strip())
         node = self.ui_nodes[node_id]
         kinds = {w.name: w.input_type for w in widget_layout(self.node_info(node["type"])) if w.name}
         if name.strip() not in kinds:
-            raise WorkflowError(f"--set {spec!r}: node {node_id} ({self.title(node_id)}) has no widget {name.strip()!r}; "
-                                f"its widgets are {sorted(kinds)}")
+            raise WorkflowError(
+                f"--set {spec!r}: node {node_id} ({self.title(node_id)}) has no widget {name.strip()!r}; "
+                f"its widgets are {sorted(kinds)}"
+            )
         converted = convert_value(value, kinds[name.strip()], spec)
         try:
             self.set(node_id, name.strip(), converted)
@@ -255,7 +282,10 @@ def check_range(info: Optional[dict], name: str, value, where: str) -> None:
     """A number outside the widget's min/max is refused here, before ComfyUI's validation would."""
     if not info or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    declared = {**((info.get("input") or {}).get("required") or {}), **((info.get("input") or {}).get("optional") or {})}
+    declared = {
+        **((info.get("input") or {}).get("required") or {}),
+        **((info.get("input") or {}).get("optional") or {}),
+    }
     spec = declared.get(name)
     options = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
     low, high = options.get("min"), options.get("max")
@@ -305,8 +335,8 @@ def model_requirements(prompt: dict, folder_paths, skip_types=()) -> list[Requir
 class TokensFile:
     node_id: str
     title: str
-    value: str       # as the Load node's list shows it
-    path: Path       # where the Load node reads it
+    value: str  # as the Load node's list shows it
+    path: Path  # where the Load node reads it
 
     @property
     def folder(self) -> Path:
@@ -322,7 +352,7 @@ def token_files(prompt: dict, folder_paths) -> list[TokensFile]:
             if (node["class_type"], name) not in TOKEN_INPUTS or not isinstance(value, str):
                 continue
             if value.endswith(OUTPUT_SUFFIX):
-                root, relative = folder_paths.get_output_directory(), value[:-len(OUTPUT_SUFFIX)]
+                root, relative = folder_paths.get_output_directory(), value[: -len(OUTPUT_SUFFIX)]
             else:
                 root, relative = folder_paths.get_input_directory(), value
             title = node.get("_meta", {}).get("title", node["class_type"])

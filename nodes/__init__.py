@@ -1,5 +1,6 @@
 """The DEADiff nodes on ComfyUI's V3 schema. Their ids, inputs and socket types are a public contract
 (shared workflows); ComfyUI finds them through `comfy_entrypoint` in the pack's __init__.py."""
+
 from .model_folder import register_model_folder
 
 register_model_folder()

@@ -16,6 +16,7 @@ so that it still loads and moves with the model and can be combined.
 Per-latent inputs follow the latents of the call when sampling runs on context windows
 (nodes/latent_window.py).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,19 +39,28 @@ class Contribution:
     """One Apply node's contribution at every site: tokens per branch (for the conditional and the
     unconditional pass), weights, routing, window, mask."""
 
-    def __init__(self, deadiff, tokens: dict, negative: dict, weights: dict, routing: Routing,
-                 sigma_start: float, sigma_end: float, mask: Optional[torch.Tensor]):
+    def __init__(
+        self,
+        deadiff,
+        tokens: dict,
+        negative: dict,
+        weights: dict,
+        routing: Routing,
+        sigma_start: float,
+        sigma_end: float,
+        mask: Optional[torch.Tensor],
+    ):
         self.deadiff = deadiff
-        self.tokens = tokens            # branch -> (items, N, width) tensor, or None: zero tokens
-        self.negative = negative        # the same for the unconditional pass (None: zero tokens, official)
-        self.weights = weights          # branch -> float
+        self.tokens = tokens  # branch -> (items, N, width) tensor, or None: zero tokens
+        self.negative = negative  # the same for the unconditional pass (None: zero tokens, official)
+        self.weights = weights  # branch -> float
         self.routing = routing
         self.sigma_start = sigma_start  # active while sigma_end <= sigma <= sigma_start
         self.sigma_end = sigma_end
-        self.mask = mask                # (masks, H, W) in 0..1, or None
+        self.mask = mask  # (masks, H, W) in 0..1, or None
         self.windowed = sigma_start < _NO_WINDOW_START or sigma_end > 0.0
-        self._kv = {}      # (site name, unconditional, device, dtype) -> (keys, values)
-        self._masks = {}   # (height, width, device, dtype) -> resized mask
+        self._kv = {}  # (site name, unconditional, device, dtype) -> (keys, values)
+        self._masks = {}  # (height, width, device, dtype) -> resized mask
         self._sigmas_seen = None
         self._active_now = True
 
@@ -84,8 +94,9 @@ class Contribution:
                 shape = (1, self.token_count(site), i_to_k.out_features)
                 k = v = torch.zeros(shape, device=device, dtype=dtype)
             else:
-                k, v = image_keys_values(tokens.to(device=device, dtype=dtype), i_to_k, i_to_v,
-                                         self.weights[route.branch] * route.scale)
+                k, v = image_keys_values(
+                    tokens.to(device=device, dtype=dtype), i_to_k, i_to_v, self.weights[route.branch] * route.scale
+                )
             self._kv[key] = (k, v)
         return self._kv[key]
 

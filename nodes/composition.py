@@ -23,6 +23,7 @@ The patch ComfyUI would not run without DEADiff is not run with it either: IPAda
 registers an SD1.5 middle-block patch under ("middle", 1), but ComfyUI names the SD1.5 middle block
 ("middle", 0), so that patch never runs, with or without DEADiff.
 """
+
 from __future__ import annotations
 
 import torch
@@ -150,11 +151,13 @@ class ComposedSitePatch:
             raise CompositionError(
                 f"DEADiff cannot combine with the cross-attention patch {describe(self.other)} {where}: it raised "
                 f"{type(error).__name__}: {error}. Remove that node or DEADiff Apply from the MODEL chain, or "
-                "report it to the pack that made the patch.") from error
+                "report it to the pack that made the patch."
+            ) from error
         if not hasattr(theirs, "shape") or tuple(theirs.shape) != tuple(plain.shape):
             got = tuple(theirs.shape) if hasattr(theirs, "shape") else type(theirs).__name__
             raise CompositionError(
                 f"DEADiff cannot combine with the cross-attention patch {describe(self.other)} {where}: it returned "
                 f"{got} where the attention output is {tuple(plain.shape)}, so its effect cannot be added to "
-                "DEADiff's. Use only one of the two nodes on this MODEL.")
+                "DEADiff's. Use only one of the two nodes on this MODEL."
+            )
         return theirs

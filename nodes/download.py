@@ -7,6 +7,7 @@ download .ckpt files from a workflow's model list, so this node is the in-ComfyU
 official file. The transfer is deadiff_core.download (huggingface_hub: HF_TOKEN, HF_ENDPOINT and
 HF_HUB_OFFLINE apply; the hub's checksum and the free disk space are checked).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,17 +50,28 @@ class DEADiffDownloadModel(io.ComfyNode):
                 "Downloads the official DEADiff weights (deadiff_v1.ckpt, about 9 GB, Hugging Face qth/DEADiff; "
                 "research licence: read it on the model page first) into models/deadiff if they are not there, "
                 "then loads them. Nothing is downloaded until you queue a prompt with this node; later runs only "
-                "load the file. Optionally converts it once to a compact .safetensors (about 1.4 GB) and loads that."),
+                "load the file. Optionally converts it once to a compact .safetensors (about 1.4 GB) and loads that."
+            ),
             inputs=[
-                io.Combo.Input("file", options=[hub.DEADIFF.filename], default=hub.DEADIFF.filename,
-                               tooltip="The file to fetch from Hugging Face qth/DEADiff into models/deadiff."),
-                io.Boolean.Input("convert_to_compact", default=False,
-                                 tooltip="After the download, write deadiff_v1_compact.safetensors next to it "
-                                         "(once) and load that: quicker to load at each start."),
+                io.Combo.Input(
+                    "file",
+                    options=[hub.DEADIFF.filename],
+                    default=hub.DEADIFF.filename,
+                    tooltip="The file to fetch from Hugging Face qth/DEADiff into models/deadiff.",
+                ),
+                io.Boolean.Input(
+                    "convert_to_compact",
+                    default=False,
+                    tooltip="After the download, write deadiff_v1_compact.safetensors next to it "
+                    "(once) and load that: quicker to load at each start.",
+                ),
             ],
-            outputs=[io.Custom("DEADIFF").Output(
-                display_name="deadiff",
-                tooltip="The DEADiff encoders and per-layer projections, as Load DEADiff Model gives them.")],
+            outputs=[
+                io.Custom("DEADIFF").Output(
+                    display_name="deadiff",
+                    tooltip="The DEADiff encoders and per-layer projections, as Load DEADiff Model gives them.",
+                )
+            ],
             hidden=[io.Hidden.unique_id],
         )
 

@@ -17,6 +17,7 @@ patch (the `transformer_options` of the call):
 
 A window whose size does not match the batch the patch sees is ignored (the call is not windowed).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 
 @dataclass(frozen=True)
 class LatentWindow:
-    indices: tuple            # position in the whole latent batch of each latent of this call
+    indices: tuple  # position in the whole latent batch of each latent of this call
     full_length: Optional[int]  # the whole batch, when the windowing says it
 
 
@@ -70,16 +71,20 @@ def per_latent(tensor: torch.Tensor, chunk: int, what: str, window: Optional[Lat
     if window is None:
         if given == chunk:
             return tensor
-        raise ValueError(f"DEADiff {what}: {given} given, one per latent image, but the latent batch has "
-                         f"{chunk} images. Give one for all images or exactly one per image (for reference images, "
-                         "or set the encoder's batch_mode to concatenate or average).")
+        raise ValueError(
+            f"DEADiff {what}: {given} given, one per latent image, but the latent batch has "
+            f"{chunk} images. Give one for all images or exactly one per image (for reference images, "
+            "or set the encoder's batch_mode to concatenate or average)."
+        )
     if window.full_length is not None:
         wrong, size = given != window.full_length, f"{window.full_length}"
     else:  # the window does not say how long the whole batch is: it holds at least the largest index
         wrong, size = given <= max(window.indices), f"at least {max(window.indices) + 1}"
     if wrong:
-        raise ValueError(f"DEADiff {what}: {given} given, one per latent image, but the latent batch has {size} "
-                         f"images (sampled in context windows of {chunk}). Give one for all images or exactly one "
-                         "per image of the whole batch (for reference images, or set the encoder's batch_mode to "
-                         "concatenate or average).")
+        raise ValueError(
+            f"DEADiff {what}: {given} given, one per latent image, but the latent batch has {size} "
+            f"images (sampled in context windows of {chunk}). Give one for all images or exactly one "
+            "per image of the whole batch (for reference images, or set the encoder's batch_mode to "
+            "concatenate or average)."
+        )
     return tensor[list(window.indices)]

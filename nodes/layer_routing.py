@@ -1,4 +1,5 @@
 """DEADiff Layer Routing: which of the 16 cross-attention sites get which tokens (research option)."""
+
 from __future__ import annotations
 
 from ..deadiff_core.routing import ROUTING_HELP, Routing, RoutingError
@@ -12,8 +13,10 @@ class DEADiffRouting(io.ComfyNode):
             node_id="DEADiffRouting",
             display_name="DEADiff Layer Routing",
             category=CATEGORY,
-            description=("Custom routing for research: which cross-attention layers get the style or content "
-                         "tokens, and with what extra scale. Empty = the official split. " + ROUTING_HELP),
+            description=(
+                "Custom routing for research: which cross-attention layers get the style or content "
+                "tokens, and with what extra scale. Empty = the official split. " + ROUTING_HELP
+            ),
             search_aliases=["DEADiff layers", "layer routing", "attention layers"],
             is_experimental=True,  # beyond the paper; its text format may still change
             inputs=[io.String.Input("routing", default="", multiline=True, tooltip=ROUTING_HELP)],

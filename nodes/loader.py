@@ -1,4 +1,5 @@
 """Load DEADiff Model: the official deadiff_v1.ckpt or our compact .safetensors from models/deadiff."""
+
 from __future__ import annotations
 
 import logging
@@ -21,24 +22,36 @@ class DEADiffModelLoader(io.ComfyNode):
             description=(
                 "Loads a DEADiff file from models/deadiff: the official deadiff_v1.ckpt (read without running "
                 "any code from the file; only the DEADiff parts are kept, not its SD1.5 copy) or a compact "
-                ".safetensors made by deadiff-convert. Use your own SD1.5 checkpoint for the MODEL."),
+                ".safetensors made by deadiff-convert. Use your own SD1.5 checkpoint for the MODEL."
+            ),
             search_aliases=["DEADiff", "load deadiff", "deadiff_v1", "style reference model"],
             inputs=[
-                io.Combo.Input("deadiff_name", options=folder_paths.get_filename_list(FOLDER), tooltip=(
-                    "A file in models/deadiff: deadiff_v1.ckpt from Hugging Face qth/DEADiff, "
-                    "or a compact .safetensors converted from it.")),
+                io.Combo.Input(
+                    "deadiff_name",
+                    options=folder_paths.get_filename_list(FOLDER),
+                    tooltip=(
+                        "A file in models/deadiff: deadiff_v1.ckpt from Hugging Face qth/DEADiff, "
+                        "or a compact .safetensors converted from it."
+                    ),
+                ),
             ],
             outputs=[
-                DEADIFF.Output(display_name="deadiff", tooltip=(
-                    "The DEADiff encoders and per-layer projections, managed by ComfyUI's memory management.")),
+                DEADIFF.Output(
+                    display_name="deadiff",
+                    tooltip=("The DEADiff encoders and per-layer projections, managed by ComfyUI's memory management."),
+                ),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, deadiff_name=None) -> bool | str:
-        return check_choice("deadiff_name", deadiff_name, folder_paths.get_filename_list(FOLDER),
-                            " (the files in models/deadiff). Download deadiff_v1.ckpt from Hugging Face "
-                            "qth/DEADiff into ComfyUI/models/deadiff, or pick a listed file.")
+        return check_choice(
+            "deadiff_name",
+            deadiff_name,
+            folder_paths.get_filename_list(FOLDER),
+            " (the files in models/deadiff). Download deadiff_v1.ckpt from Hugging Face "
+            "qth/DEADiff into ComfyUI/models/deadiff, or pick a listed file.",
+        )
 
     @classmethod
     def execute(cls, deadiff_name) -> io.NodeOutput:

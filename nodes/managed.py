@@ -12,6 +12,7 @@ nodes; the 32 per-site projections (tens of MB), loaded with the UNet during sam
 attention patch hands them to ComfyUI through `models()`. Nothing here unloads a model by hand:
 ComfyUI unloads (or, with DynamicVRAM, evicts) them on demand, as it does its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,20 +62,23 @@ class ManagedDEADiff:
         encoder_device = mm.text_encoder_device()
         self.encoder_dtype = compute_dtype(encoder_device)
         model.encoder.to(self.encoder_dtype).eval()
-        self.encoder_patcher = patcher(model.encoder, load_device=encoder_device,
-                                       offload_device=mm.text_encoder_offload_device())
+        self.encoder_patcher = patcher(
+            model.encoder, load_device=encoder_device, offload_device=mm.text_encoder_offload_device()
+        )
         unet_device = mm.get_torch_device()
         model.site_projections.to(compute_dtype(unet_device)).eval()
-        self.site_projections_patcher = patcher(model.site_projections, load_device=unet_device,
-                                         offload_device=mm.unet_offload_device())
+        self.site_projections_patcher = patcher(
+            model.site_projections, load_device=unet_device, offload_device=mm.unet_offload_device()
+        )
         self.fingerprint = model.fingerprint
 
     @classmethod
     def from_file(cls, path: str, progress=None) -> "ManagedDEADiff":
         """Read straight into the encoders' compute dtype (no float32 detour on a GPU), in ComfyUI's layers.
         progress(done, total) follows the tensor records read."""
-        model = load_deadiff(path, dtype=compute_dtype(mm.text_encoder_device()), progress=progress,
-                             operations=OPERATIONS)
+        model = load_deadiff(
+            path, dtype=compute_dtype(mm.text_encoder_device()), progress=progress, operations=OPERATIONS
+        )
         return cls(model, os.path.basename(path))
 
     def get_models(self) -> list:

@@ -1,4 +1,5 @@
 """The `deadiff` model folder, registered the ComfyUI way so extra_model_paths.yaml can add to it."""
+
 from __future__ import annotations
 
 import os

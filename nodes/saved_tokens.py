@@ -4,6 +4,7 @@ Saved to ComfyUI's output folder (output/deadiff/ by default); loaded from input
 output/deadiff/. A file records which DEADiff weights made it, and loading refuses it for others:
 tokens only mean something to the site projections of the model whose Q-Former produced them.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ OUTPUT_TAG = " [output]"
 
 
 def _roots() -> list[tuple[str, str]]:
-    return [("", os.path.join(folder_paths.get_input_directory(), SUBFOLDER)),
-            (OUTPUT_TAG, os.path.join(folder_paths.get_output_directory(), SUBFOLDER))]
+    return [
+        ("", os.path.join(folder_paths.get_input_directory(), SUBFOLDER)),
+        (OUTPUT_TAG, os.path.join(folder_paths.get_output_directory(), SUBFOLDER)),
+    ]
 
 
 def saved_token_files() -> list[str]:
@@ -38,7 +41,7 @@ def saved_token_files() -> list[str]:
 
 def resolve(name: str) -> str:
     tag, root = _roots()[1] if name.endswith(OUTPUT_TAG) else _roots()[0]
-    relative = name[:-len(tag)] if tag else name
+    relative = name[: -len(tag)] if tag else name
     path = os.path.abspath(os.path.join(root, relative))
     if os.path.commonpath([path, os.path.abspath(root)]) != os.path.abspath(root):
         raise ValueError(f"{name!r} is outside {root}")
@@ -54,30 +57,45 @@ class DEADiffSaveTokens(io.ComfyNode):
             node_id="DEADiffSaveTokens",
             display_name="DEADiff Save Tokens",
             category=CATEGORY,
-            description=("Saves style or content tokens as a small .safetensors in ComfyUI's output folder, with "
-                         "which DEADiff file made them and a hash of each reference image, so the style can be "
-                         "shared and re-used without the reference (DEADiff Load Style / Load Content)."),
+            description=(
+                "Saves style or content tokens as a small .safetensors in ComfyUI's output folder, with "
+                "which DEADiff file made them and a hash of each reference image, so the style can be "
+                "shared and re-used without the reference (DEADiff Load Style / Load Content)."
+            ),
             search_aliases=["save style", "save DEADiff style", "export style"],
             is_output_node=True,
             hidden=[io.Hidden.unique_id],
             inputs=[
-                io.MultiType.Input("tokens", types=[DEADIFF_STYLE, DEADIFF_CONTENT], tooltip=(
-                    "Style or content tokens: from an encoder, a mix or a loaded file.")),
-                io.String.Input("filename_prefix", default=f"{SUBFOLDER}/style", tooltip=(
-                    "Path in the output folder; a counter and .safetensors are appended. Keep it under "
-                    f"'{SUBFOLDER}/' so the Load nodes list the file.")),
+                io.MultiType.Input(
+                    "tokens",
+                    types=[DEADIFF_STYLE, DEADIFF_CONTENT],
+                    tooltip=("Style or content tokens: from an encoder, a mix or a loaded file."),
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default=f"{SUBFOLDER}/style",
+                    tooltip=(
+                        "Path in the output folder; a counter and .safetensors are appended. Keep it under "
+                        f"'{SUBFOLDER}/' so the Load nodes list the file."
+                    ),
+                ),
             ],
             outputs=[
-                io.String.Output(display_name="tokens_file", tooltip=(
-                    "The saved file's name as DEADiff Load Style / Load Content list it (e.g. "
-                    "'style_00001_.safetensors [output]').")),
+                io.String.Output(
+                    display_name="tokens_file",
+                    tooltip=(
+                        "The saved file's name as DEADiff Load Style / Load Content list it (e.g. "
+                        "'style_00001_.safetensors [output]')."
+                    ),
+                ),
             ],
         )
 
     @classmethod
     def execute(cls, tokens, filename_prefix) -> io.NodeOutput:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory())
+            filename_prefix, folder_paths.get_output_directory()
+        )
         name = f"{filename}_{counter:05}_{EXTENSION}"
         path = os.path.join(folder, name)
         save_tokens(path, tokens)
@@ -85,8 +103,9 @@ class DEADiffSaveTokens(io.ComfyNode):
         if listed.startswith("../"):  # saved outside output/deadiff: the Load nodes do not list it
             listed = os.path.relpath(path, folder_paths.get_output_directory()).replace(os.sep, "/")
         show_on_node(cls.hidden.unique_id, f"saved {listed}")
-        return io.NodeOutput(listed, ui={"deadiff_tokens": [{"filename": name, "subfolder": subfolder,
-                                                             "type": "output"}]})
+        return io.NodeOutput(
+            listed, ui={"deadiff_tokens": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+        )
 
 
 def show_on_node(node_id, text: str) -> None:
@@ -101,6 +120,7 @@ def show_on_node(node_id, text: str) -> None:
 
 class _Load(io.ComfyNode):
     """Both load nodes; a subclass names its branch, socket type and texts."""
+
     NODE_ID: str
     DISPLAY_NAME: str
     SUMMARY: str
@@ -118,8 +138,11 @@ class _Load(io.ComfyNode):
             search_aliases=[f"load saved {cls.BRANCH}", f"saved {cls.BRANCH}", f"import {cls.BRANCH}"],
             inputs=[
                 DEADIFF.Input("deadiff", tooltip="The DEADiff model the tokens are for (the one that made them)."),
-                io.Combo.Input("tokens_file", options=saved_token_files(), tooltip=(
-                    f"A saved {cls.BRANCH} in input/{SUBFOLDER}/ or output/{SUBFOLDER}/ ([output]).")),
+                io.Combo.Input(
+                    "tokens_file",
+                    options=saved_token_files(),
+                    tooltip=(f"A saved {cls.BRANCH} in input/{SUBFOLDER}/ or output/{SUBFOLDER}/ ([output])."),
+                ),
             ],
             outputs=[cls.SOCKET.Output(display_name=cls.BRANCH, tooltip=cls.OUTPUT_TOOLTIP)],
         )
@@ -147,13 +170,16 @@ class _Load(io.ComfyNode):
         tokens, _ = load_tokens(path)
         if tokens.branch != cls.BRANCH:
             other = "Load Style" if tokens.branch == STYLE else "Load Content"
-            raise ValueError(f"{tokens_file} holds {tokens.branch} tokens, not {cls.BRANCH}: load it with "
-                             f"DEADiff {other}.")
+            raise ValueError(
+                f"{tokens_file} holds {tokens.branch} tokens, not {cls.BRANCH}: load it with DEADiff {other}."
+            )
         if tokens.source != deadiff.fingerprint or tokens.width != deadiff.config.context_dim:
-            raise ValueError(f"{tokens_file} was made with another DEADiff file ({tokens.source_name or 'unknown'}, "
-                             f"weights {tokens.source}) than {deadiff.name} (weights {deadiff.fingerprint}); "
-                             f"its tokens mean nothing to this model. Load {tokens.source_name or 'that file'} "
-                             "instead, or encode the reference image again.")
+            raise ValueError(
+                f"{tokens_file} was made with another DEADiff file ({tokens.source_name or 'unknown'}, "
+                f"weights {tokens.source}) than {deadiff.name} (weights {deadiff.fingerprint}); "
+                f"its tokens mean nothing to this model. Load {tokens.source_name or 'that file'} "
+                "instead, or encode the reference image again."
+            )
         return io.NodeOutput(tokens)
 
 

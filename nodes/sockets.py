@@ -5,6 +5,7 @@ ComfyUI the pack supports ships (0.3.75 and later), rather than `comfy_api.lates
 move with each release. The socket type names are a public contract: saved workflows and other packs
 refer to them, so they never change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,8 @@ from comfy_api.v0_0_2 import ComfyExtension, io  # noqa: F401  (ComfyExtension: 
 CATEGORY = "DEADiff"
 
 # the socket types, named as ComfyUI names them
-DEADIFF = io.Custom("DEADIFF")                  # a loaded DEADiff file (ManagedDEADiff)
-DEADIFF_STYLE = io.Custom("DEADIFF_STYLE")      # style tokens (DEADiffTokens)
+DEADIFF = io.Custom("DEADIFF")  # a loaded DEADiff file (ManagedDEADiff)
+DEADIFF_STYLE = io.Custom("DEADIFF_STYLE")  # style tokens (DEADiffTokens)
 DEADIFF_CONTENT = io.Custom("DEADIFF_CONTENT")  # content tokens (DEADiffTokens)
 DEADIFF_ROUTING = io.Custom("DEADIFF_ROUTING")  # which sites get which tokens (Routing)
 

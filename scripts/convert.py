@@ -6,6 +6,7 @@ ComfyUI does not put a custom node pack's folder on Python's import path, so `py
 deadiff_core.convert` works only from the pack's own folder (or after `pip install -e .`); this file
 adds the pack's folder itself and runs the same command (see deadiff_core/convert.py).
 """
+
 import sys
 from pathlib import Path
 

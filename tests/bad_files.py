@@ -8,6 +8,7 @@ Every maker is `make(files, folder) -> path`: `files` comes from `good_files` (a
 .ckpt and .safetensors, and `marker`, the path a pickle payload would create if it ever ran); the bad
 file is written into `folder`.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -26,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import types
 import webbrowser
 import zipfile
 from pathlib import Path
@@ -68,6 +68,7 @@ def random_bytes(n: int, seed: int) -> bytes:
 # Every payload, opened by a loader that runs pickles (torch.load(weights_only=False), pickle.load),
 # creates the marker file `files["marker"]` (the live ones: tests/test_hostile_files.py proves it in a
 # subprocess) or would reach the network, a terminal or a browser (those are never run).
+
 
 class Call:
     """Pickles as a call of `func(*args)` (REDUCE); `func` may itself be a Call, so calls nest."""
@@ -163,15 +164,21 @@ def saved(path, obj, legacy: bool = False) -> Path:
 def evil_extras_ckpt(files, folder) -> Path:
     """A real DEADiff .ckpt (torch zip) whose Lightning extras carry three payloads."""
     marker = files["marker"]
-    return saved(Path(folder) / "evil_extras.ckpt", with_state_dict(
-        files, full=True, callbacks=RunsCode(marker), loops=CallsPartial(marker), hyper_parameters=EvalsCode(marker)))
+    return saved(
+        Path(folder) / "evil_extras.ckpt",
+        with_state_dict(
+            files, full=True, callbacks=RunsCode(marker), loops=CallsPartial(marker), hyper_parameters=EvalsCode(marker)
+        ),
+    )
 
 
 def nested_payload_ckpt(files, folder) -> Path:
     """subprocess.run deep inside dict values, lists and tuples of hyper_parameters."""
     payload = Call(subprocess.run, ["touch", str(files["marker"])])
-    return saved(Path(folder) / "nested.ckpt", with_state_dict(files, hyper_parameters={
-        "model": {"target": "deadiff.DEADiff", "stages": [1, (2, payload)]}}))
+    return saved(
+        Path(folder) / "nested.ckpt",
+        with_state_dict(files, hyper_parameters={"model": {"target": "deadiff.DEADiff", "stages": [1, (2, payload)]}}),
+    )
 
 
 def metadata_payload_ckpt(files, folder) -> Path:
@@ -182,8 +189,11 @@ def metadata_payload_ckpt(files, folder) -> Path:
 
 
 def legacy_pickle_with_code(files, folder) -> Path:
-    return saved(Path(folder) / "legacy_code.ckpt", {"state_dict": {"x": torch.zeros(1)},
-                                                      "hook": RunsCode(files["marker"])}, legacy=True)
+    return saved(
+        Path(folder) / "legacy_code.ckpt",
+        {"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(files["marker"])},
+        legacy=True,
+    )
 
 
 def legacy_header_with_code(files, folder) -> Path:
@@ -208,6 +218,7 @@ def protocol(number: int, payload, name: str):
     def make(files, folder):
         data = {"state_dict": {}, "callbacks": {"ModelCheckpoint": payload(files["marker"])}}
         return write(Path(folder) / name, pickle.dumps(data, protocol=number))
+
     return make
 
 
@@ -281,7 +292,10 @@ def in_extras(name: str, payload):
     """A real DEADiff zip .ckpt with `payload(marker)` as its Lightning callbacks."""
 
     def make(files, folder):
-        return saved(Path(folder) / name, with_state_dict(files, callbacks={"ModelCheckpoint": payload(files["marker"])}))
+        return saved(
+            Path(folder) / name, with_state_dict(files, callbacks={"ModelCheckpoint": payload(files["marker"])})
+        )
+
     return make
 
 
@@ -319,13 +333,15 @@ TrainingConfig.__module__ = "__main__"  # as a training script run as `python ma
 
 
 def custom_class_ckpt(files, folder) -> Path:
-    import sys
+
     main = sys.modules["__main__"]
     had = getattr(main, "TrainingConfig", None)
     main.TrainingConfig = TrainingConfig  # pickle checks that __main__.TrainingConfig is this class
     try:
-        return saved(Path(folder) / "custom_class.ckpt", with_state_dict(
-            files, hyper_parameters={"config": TrainingConfig(target="deadiff.DEADiff", lr=1e-5)}))
+        return saved(
+            Path(folder) / "custom_class.ckpt",
+            with_state_dict(files, hyper_parameters={"config": TrainingConfig(target="deadiff.DEADiff", lr=1e-5)}),
+        )
     finally:
         if had is None:
             del main.TrainingConfig
@@ -343,70 +359,158 @@ class Hostile(NamedTuple):
 SYSTEM = os.system.__module__ + ".system"  # posix.system (nt.system on Windows), how pickle names os.system
 
 HOSTILE_FILES = {
-    "payloads in a DEADiff ckpt's Lightning extras": Hostile(evil_extras_ckpt, SYSTEM, CAN_RUN_CODE, "picklescan",
-                                                              True, ("builtins.eval", "functools.partial")),
+    "payloads in a DEADiff ckpt's Lightning extras": Hostile(
+        evil_extras_ckpt, SYSTEM, CAN_RUN_CODE, "picklescan", True, ("builtins.eval", "functools.partial")
+    ),
     "payload nested in lists and tuples of hyper_parameters": Hostile(
-        nested_payload_ckpt, "subprocess.run", CAN_RUN_CODE, "picklescan", True),
-    "payload in the state_dict's _metadata": Hostile(metadata_payload_ckpt, "builtins.exec", CAN_RUN_CODE,
-                                                     "picklescan", True),
+        nested_payload_ckpt, "subprocess.run", CAN_RUN_CODE, "picklescan", True
+    ),
+    "payload in the state_dict's _metadata": Hostile(
+        metadata_payload_ckpt, "builtins.exec", CAN_RUN_CODE, "picklescan", True
+    ),
     "legacy pickle that runs code": Hostile(legacy_pickle_with_code, SYSTEM, CAN_RUN_CODE, "picklescan", True),
-    "legacy file whose system info runs shutil": Hostile(legacy_header_with_code, "shutil.copyfile", CAN_RUN_CODE,
-                                                         "picklescan", True),
+    "legacy file whose system info runs shutil": Hostile(
+        legacy_header_with_code, "shutil.copyfile", CAN_RUN_CODE, "picklescan", True
+    ),
     "bare pickle that runs code": Hostile(bare_pickle_with_code, "builtins.eval", CAN_RUN_CODE, "picklescan", True),
     "zip checkpoint that is only code": Hostile(zip_whose_root_is_code, SYSTEM, CAN_RUN_CODE, "picklescan", True),
     "protocol 0 GLOBAL os.system": Hostile(protocol0_global, "os.system", CAN_RUN_CODE, "picklescan", True),
     "protocol 0 INST subprocess": Hostile(protocol0_inst, "subprocess.getoutput", CAN_RUN_CODE, "picklescan", True),
     "protocol 1 OBJ posix.system": Hostile(protocol1_obj, "posix.system", CAN_RUN_CODE, "picklescan", True),
-    "protocol 3 open": Hostile(protocol(3, lambda m: Call(builtins.open, str(m), "w"), "proto3.ckpt"),
-                               "io.open", CAN_RUN_CODE, "picklescan --strict", True),
+    "protocol 3 open": Hostile(
+        protocol(3, lambda m: Call(builtins.open, str(m), "w"), "proto3.ckpt"),
+        "io.open",
+        CAN_RUN_CODE,
+        "picklescan --strict",
+        True,
+    ),
     "protocol 4 STACK_GLOBAL getattr and __import__": Hostile(
-        protocol(4, lambda m: Call(Call(builtins.getattr, Call(builtins.__import__, "os"), "system"), f"touch {m}"),
-                 "proto4.ckpt"), "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("builtins.__import__",)),
+        protocol(
+            4,
+            lambda m: Call(Call(builtins.getattr, Call(builtins.__import__, "os"), "system"), f"touch {m}"),
+            "proto4.ckpt",
+        ),
+        "builtins.getattr",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+        ("builtins.__import__",),
+    ),
     "protocol 5 importlib": Hostile(
-        protocol(5, lambda m: Call(Call(builtins.getattr, Call(importlib.import_module, "os"), "system"), f"touch {m}"),
-                 "proto5.ckpt"), "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("importlib.import_module",)),
+        protocol(
+            5,
+            lambda m: Call(Call(builtins.getattr, Call(importlib.import_module, "os"), "system"), f"touch {m}"),
+            "proto5.ckpt",
+        ),
+        "builtins.getattr",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+        ("importlib.import_module",),
+    ),
     "protocol 2 compile and eval": Hostile(
-        protocol(2, lambda m: Call(builtins.eval, Call(builtins.compile, creates(m), "<payload>", "exec")),
-                 "compile.ckpt"), "builtins.eval", CAN_RUN_CODE, "picklescan", True, ("builtins.compile",)),
+        protocol(
+            2, lambda m: Call(builtins.eval, Call(builtins.compile, creates(m), "<payload>", "exec")), "compile.ckpt"
+        ),
+        "builtins.eval",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+        ("builtins.compile",),
+    ),
     "EXT1 extension code": Hostile(ext_code, f"extension code {EXT_CODE}", NOT_ALLOWED, "torch weights_only", True),
     "BUILD with __setstate__": Hostile(build_setstate, "posix.system", CAN_RUN_CODE, "picklescan", True),
-    "NEWOBJ functools.partial": Hostile(newobj_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True,
-                                        ("posix.system",)),
-    "NEWOBJ_EX functools.partial": Hostile(newobj_ex_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True,
-                                           ("subprocess.run",)),
+    "NEWOBJ functools.partial": Hostile(
+        newobj_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True, ("posix.system",)
+    ),
+    "NEWOBJ_EX functools.partial": Hostile(
+        newobj_ex_partial, "functools.partial", CAN_RUN_CODE, "picklescan", True, ("subprocess.run",)
+    ),
     "persistent id built by a call": Hostile(persistent_id, "posix.system", CAN_RUN_CODE, "picklescan", True),
-    "runpy": Hostile(in_extras("runpy.ckpt", lambda m: Call(runpy._run_code, creates(m), {})), "runpy._run_code",
-                     CAN_RUN_CODE, "picklescan", True),
+    "runpy": Hostile(
+        in_extras("runpy.ckpt", lambda m: Call(runpy._run_code, creates(m), {})),
+        "runpy._run_code",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+    ),
     "pickle inside a pickle": Hostile(
         in_extras("nested_pickle.ckpt", lambda m: Call(pickle.loads, pickle.dumps(RunsCode(m), protocol=2))),
-        "pickle.loads", CAN_RUN_CODE, "picklescan", True),
-    "types and marshal": Hostile(types_marshal, "types.FunctionType", CAN_RUN_CODE, "picklescan --strict", True,
-                                 ("marshal.loads",)),
-    "ctypes": Hostile(in_extras("ctypes.ckpt", lambda m: Call(Call(builtins.getattr, Call(ctypes.CDLL, None), "system"),
-                                                               f"touch {m}".encode())),
-                      "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("ctypes.CDLL",)),
+        "pickle.loads",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+    ),
+    "types and marshal": Hostile(
+        types_marshal, "types.FunctionType", CAN_RUN_CODE, "picklescan --strict", True, ("marshal.loads",)
+    ),
+    "ctypes": Hostile(
+        in_extras(
+            "ctypes.ckpt",
+            lambda m: Call(Call(builtins.getattr, Call(ctypes.CDLL, None), "system"), f"touch {m}".encode()),
+        ),
+        "builtins.getattr",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+        ("ctypes.CDLL",),
+    ),
     "code.InteractiveInterpreter": Hostile(
-        in_extras("code.ckpt", lambda m: Call(Call(builtins.getattr, Call(code.InteractiveInterpreter), "runsource"),
-                                              creates(m))),
-        "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("code.InteractiveInterpreter",)),
+        in_extras(
+            "code.ckpt",
+            lambda m: Call(Call(builtins.getattr, Call(code.InteractiveInterpreter), "runsource"), creates(m)),
+        ),
+        "builtins.getattr",
+        CAN_RUN_CODE,
+        "picklescan",
+        True,
+        ("code.InteractiveInterpreter",),
+    ),
     "sys.modules": Hostile(sys_modules, "builtins.getattr", CAN_RUN_CODE, "picklescan", True, ("sys.modules",)),
     "nt.system": Hostile(nt_system, "nt.system", CAN_RUN_CODE, "picklescan", False),
-    "socket": Hostile(in_extras("socket.ckpt", lambda m: Call(socket.create_connection, ("127.0.0.1", 9))),
-                      "socket.create_connection", CAN_RUN_CODE, "picklescan", False),
-    "pty": Hostile(in_extras("pty.ckpt", lambda m: Call(pty.spawn, ["touch", str(m)])), "pty.spawn", CAN_RUN_CODE,
-                   "picklescan", False),
-    "webbrowser": Hostile(in_extras("webbrowser.ckpt", lambda m: Call(webbrowser.open, "http://127.0.0.1:9/")),
-                          "webbrowser.open", CAN_RUN_CODE, "picklescan", False),
-    "torch.hub": Hostile(in_extras("hub.ckpt", lambda m: Call(torch.hub.load, "someone/repo", "model")),
-                         "torch.hub.load", CAN_RUN_CODE, "picklescan --strict", False),
-    "torch.load of another file": Hostile(in_extras("torch_load.ckpt", lambda m: Call(torch.load, str(m) + ".pt")),
-                                          "torch.serialization.load", CAN_RUN_CODE, "picklescan", False),
-    "a training script's own class": Hostile(custom_class_ckpt, "__main__.TrainingConfig", NOT_ALLOWED,
-                                             "picklescan --strict", False),
+    "socket": Hostile(
+        in_extras("socket.ckpt", lambda m: Call(socket.create_connection, ("127.0.0.1", 9))),
+        "socket.create_connection",
+        CAN_RUN_CODE,
+        "picklescan",
+        False,
+    ),
+    "pty": Hostile(
+        in_extras("pty.ckpt", lambda m: Call(pty.spawn, ["touch", str(m)])),
+        "pty.spawn",
+        CAN_RUN_CODE,
+        "picklescan",
+        False,
+    ),
+    "webbrowser": Hostile(
+        in_extras("webbrowser.ckpt", lambda m: Call(webbrowser.open, "http://127.0.0.1:9/")),
+        "webbrowser.open",
+        CAN_RUN_CODE,
+        "picklescan",
+        False,
+    ),
+    "torch.hub": Hostile(
+        in_extras("hub.ckpt", lambda m: Call(torch.hub.load, "someone/repo", "model")),
+        "torch.hub.load",
+        CAN_RUN_CODE,
+        "picklescan --strict",
+        False,
+    ),
+    "torch.load of another file": Hostile(
+        in_extras("torch_load.ckpt", lambda m: Call(torch.load, str(m) + ".pt")),
+        "torch.serialization.load",
+        CAN_RUN_CODE,
+        "picklescan",
+        False,
+    ),
+    "a training script's own class": Hostile(
+        custom_class_ckpt, "__main__.TrainingConfig", NOT_ALLOWED, "picklescan --strict", False
+    ),
 }
 
 
 # ------------------------------------------------------------------ damaged or foreign files
+
 
 def truncate(path, out, fraction) -> Path:
     data = Path(path).read_bytes()
@@ -415,16 +519,23 @@ def truncate(path, out, fraction) -> Path:
 
 def ip_adapter_file(folder) -> Path:
     path = Path(folder) / "ip-adapter_sd15.bin"
-    torch.save({"image_proj": {"proj.weight": torch.zeros(3072, 1024)},
-                "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768)}}, path)
+    torch.save(
+        {
+            "image_proj": {"proj.weight": torch.zeros(3072, 1024)},
+            "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768)},
+        },
+        path,
+    )
     return path
 
 
 def ip_adapter_safetensors(folder) -> Path:
     """The .safetensors release of IP-Adapter: the same parts, flattened keys."""
     path = Path(folder) / "ip-adapter_sd15.safetensors"
-    save_file({"image_proj.proj.weight": torch.zeros(3072, 1024),
-               "ip_adapter.1.to_k_ip.weight": torch.zeros(320, 768)}, str(path))
+    save_file(
+        {"image_proj.proj.weight": torch.zeros(3072, 1024), "ip_adapter.1.to_k_ip.weight": torch.zeros(320, 768)},
+        str(path),
+    )
     return path
 
 
@@ -446,13 +557,13 @@ def set_value(key, index, value):
     def change(sd):
         sd[key] = sd[key].clone()
         sd[key][index] = value
+
     return change
 
 
 nan_site = set_value(SITE_V, (1, 2), float("nan"))
 nan_encoder = set_value("style_proj_layer.dense1.weight", (0, 0), float("nan"))
-inf_encoder = set_value("content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight", (3, 1),
-                        float("-inf"))
+inf_encoder = set_value("content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight", (3, 1), float("-inf"))
 
 
 def odd_dims(folder, name, **dims) -> Path:
@@ -465,70 +576,155 @@ def odd_dims(folder, name, **dims) -> Path:
 BAD_FILES = {
     "zero bytes": (lambda f, t: write(t / "zero.ckpt", b""), "empty"),
     "random bytes": (lambda f, t: write(t / "random.ckpt", random_bytes(4096, 1)), "not a PyTorch checkpoint"),
-    "random bytes .safetensors": (lambda f, t: write(t / "random.safetensors", random_bytes(4096, 2)),
-                                  "truncated or corrupt"),
+    "random bytes .safetensors": (
+        lambda f, t: write(t / "random.safetensors", random_bytes(4096, 2)),
+        "truncated or corrupt",
+    ),
     "truncated ckpt": (lambda f, t: truncate(f["ckpt"], t / "cut.ckpt", 0.6), "truncated or corrupt"),
-    "truncated safetensors": (lambda f, t: truncate(f["safetensors"], t / "cut.safetensors", 0.6),
-                              "truncated or corrupt"),
+    "truncated safetensors": (
+        lambda f, t: truncate(f["safetensors"], t / "cut.safetensors", 0.6),
+        "truncated or corrupt",
+    ),
     "SD1.5 checkpoint": (lambda f, t: sd15_file(t), "looks like a Stable Diffusion checkpoint"),
     "IP-Adapter": (lambda f, t: ip_adapter_file(t), "looks like an IP-Adapter model"),
     "IP-Adapter .safetensors": (lambda f, t: ip_adapter_safetensors(t), "looks like an IP-Adapter model"),
-    "wrong shape": (lambda f, t: mutated(f, t, "shape.safetensors", lambda sd: sd.update(
-        {"style_proj_layer.dense2.weight": torch.zeros(64, 100)})),
-        "style_proj_layer.dense2.weight has shape [64, 100]"),
-    "wrong site width": (lambda f, t: mutated(f, t, "site.safetensors", lambda sd: sd.update(
-        {"model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight": torch.zeros(100, 64)})),
-        "output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight has shape [100, 64]"),
-    "missing Q-Former layer part": (lambda f, t: mutated(f, t, "missing.safetensors", lambda sd: sd.pop(
-        "content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight")),
-        "missing 1 DEADiff tensors, e.g. content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight"),
-    "no i_to_k": (lambda f, t: mutated(f, t, "noitok.safetensors", lambda sd: [
-        sd.pop(k) for k in list(sd) if ".i_to_k." in k]), "is missing"),
-    "NaN site projection": (lambda f, t: mutated(f, t, "nan.safetensors", nan_site),
-                            "input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight contains NaN"),
-    "Inf site projection": (lambda f, t: mutated(f, t, "inf.safetensors", set_value(
-        "model.diffusion_model.output_blocks.9.1.transformer_blocks.0.attn2.i_to_k.weight", (0, 5), float("inf"))),
-        "output_blocks.9.1.transformer_blocks.0.attn2.i_to_k.weight contains NaN or Inf"),
-    "integer weights": (lambda f, t: mutated(f, t, "int.safetensors", lambda sd: sd.update(
-        {"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)})), "dtype torch.int32"),
-    "boolean site projection": (lambda f, t: mutated(f, t, "bool.safetensors", lambda sd: sd.update(
-        {SITE_V: torch.ones(sd[SITE_V].shape, dtype=torch.bool)})), "has dtype torch.bool"),
-    "cross-attention not reading the vision width": (lambda f, t: mutated(f, t, "kv.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(64, 128)}) for k in list(sd) if ".crossattention.self.key.weight" in k
-        or ".crossattention.self.value.weight" in k]),
-        "crossattention.self.key.weight has shape [64, 128] but [64, 64] was expected"),
-    "sites not reading the Q-Former width": (lambda f, t: mutated(f, t, "ctx.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(sd[k].shape[0], 96)}) for k in list(sd) if ".i_to_" in k]),
-        "i_to_k.weight has shape [32, 96] but [32, 64] was expected"),
-    "positions not a square grid plus one": (lambda f, t: mutated(f, t, "grid.safetensors", lambda sd: [
-        sd.update({k: torch.zeros(52, 64)}) for k in list(sd) if k.endswith("positional_embedding")]),
-        "positional_embedding has shape [52, 64] but [50, 64] was expected"),
-    "scalar query tokens": (lambda f, t: mutated(f, t, "scalar.safetensors", lambda sd: sd.update(
-        {"style_blip.query_tokens": torch.zeros(())})), "unexpected rank or size"),
-    "not a zip although .ckpt": (lambda f, t: write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
-                                 "not a PyTorch checkpoint"),
-    "widths not a multiple of 64": (lambda f, t: odd_dims(t, "width48.safetensors", qformer_hidden=48),
-                                    "Q-Former width 48"),
-    "vocabulary without DEADiff's words": (lambda f, t: odd_dims(t, "vocab.safetensors", vocab_size=1000),
-                                           "1000 rows"),
+    "wrong shape": (
+        lambda f, t: mutated(
+            f, t, "shape.safetensors", lambda sd: sd.update({"style_proj_layer.dense2.weight": torch.zeros(64, 100)})
+        ),
+        "style_proj_layer.dense2.weight has shape [64, 100]",
+    ),
+    "wrong site width": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "site.safetensors",
+            lambda sd: sd.update(
+                {
+                    "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight": torch.zeros(
+                        100, 64
+                    )
+                }
+            ),
+        ),
+        "output_blocks.4.1.transformer_blocks.0.attn2.i_to_v.weight has shape [100, 64]",
+    ),
+    "missing Q-Former layer part": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "missing.safetensors",
+            lambda sd: sd.pop("content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight"),
+        ),
+        "missing 1 DEADiff tensors, e.g. content_blip.Qformer.bert.encoder.layer.1.output_query.dense.weight",
+    ),
+    "no i_to_k": (
+        lambda f, t: mutated(f, t, "noitok.safetensors", lambda sd: [sd.pop(k) for k in list(sd) if ".i_to_k." in k]),
+        "is missing",
+    ),
+    "NaN site projection": (
+        lambda f, t: mutated(f, t, "nan.safetensors", nan_site),
+        "input_blocks.2.1.transformer_blocks.0.attn2.i_to_v.weight contains NaN",
+    ),
+    "Inf site projection": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "inf.safetensors",
+            set_value(
+                "model.diffusion_model.output_blocks.9.1.transformer_blocks.0.attn2.i_to_k.weight", (0, 5), float("inf")
+            ),
+        ),
+        "output_blocks.9.1.transformer_blocks.0.attn2.i_to_k.weight contains NaN or Inf",
+    ),
+    "integer weights": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "int.safetensors",
+            lambda sd: sd.update({"style_proj_layer.dense1.bias": torch.zeros(256, dtype=torch.int32)}),
+        ),
+        "dtype torch.int32",
+    ),
+    "boolean site projection": (
+        lambda f, t: mutated(
+            f, t, "bool.safetensors", lambda sd: sd.update({SITE_V: torch.ones(sd[SITE_V].shape, dtype=torch.bool)})
+        ),
+        "has dtype torch.bool",
+    ),
+    "cross-attention not reading the vision width": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "kv.safetensors",
+            lambda sd: [
+                sd.update({k: torch.zeros(64, 128)})
+                for k in list(sd)
+                if ".crossattention.self.key.weight" in k or ".crossattention.self.value.weight" in k
+            ],
+        ),
+        "crossattention.self.key.weight has shape [64, 128] but [64, 64] was expected",
+    ),
+    "sites not reading the Q-Former width": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "ctx.safetensors",
+            lambda sd: [sd.update({k: torch.zeros(sd[k].shape[0], 96)}) for k in list(sd) if ".i_to_" in k],
+        ),
+        "i_to_k.weight has shape [32, 96] but [32, 64] was expected",
+    ),
+    "positions not a square grid plus one": (
+        lambda f, t: mutated(
+            f,
+            t,
+            "grid.safetensors",
+            lambda sd: [sd.update({k: torch.zeros(52, 64)}) for k in list(sd) if k.endswith("positional_embedding")],
+        ),
+        "positional_embedding has shape [52, 64] but [50, 64] was expected",
+    ),
+    "scalar query tokens": (
+        lambda f, t: mutated(
+            f, t, "scalar.safetensors", lambda sd: sd.update({"style_blip.query_tokens": torch.zeros(())})
+        ),
+        "unexpected rank or size",
+    ),
+    "not a zip although .ckpt": (
+        lambda f, t: write(t / "text.ckpt", b"version https://git-lfs.github.com/spec/v1\n"),
+        "not a PyTorch checkpoint",
+    ),
+    "widths not a multiple of 64": (
+        lambda f, t: odd_dims(t, "width48.safetensors", qformer_hidden=48),
+        "Q-Former width 48",
+    ),
+    "vocabulary without DEADiff's words": (lambda f, t: odd_dims(t, "vocab.safetensors", vocab_size=1000), "1000 rows"),
 }
 # The hostile files are bad files too: their error names the global first refused.
 BAD_FILES.update({case: (h.make, f"is unsafe: its pickle names {h.names}") for case, h in HOSTILE_FILES.items()})
 
 # Files that load, but whose encoders hold NaN/Inf: the encoder node names the file and the weight.
 BAD_AT_ENCODE = {
-    "NaN encoder weight": (lambda f, t: mutated(f, t, "nan_encoder.safetensors", nan_encoder), "style",
-                           "weight projs.style.dense1.weight (of the style encoder) contains NaN or Inf"),
-    "-Inf encoder weight": (lambda f, t: mutated(f, t, "inf_encoder.safetensors", inf_encoder), "content",
-                            "contains NaN or Inf"),
+    "NaN encoder weight": (
+        lambda f, t: mutated(f, t, "nan_encoder.safetensors", nan_encoder),
+        "style",
+        "weight projs.style.dense1.weight (of the style encoder) contains NaN or Inf",
+    ),
+    "-Inf encoder weight": (
+        lambda f, t: mutated(f, t, "inf_encoder.safetensors", inf_encoder),
+        "content",
+        "contains NaN or Inf",
+    ),
 }
 
 # Odd but valid files: they load and give the same tokens as the plain file (`files["sd"]`).
 GOOD_ODD_FILES = {
     "Lightning checkpoint written by pytorch_lightning": lambda f, t: lightning_files.write_lightning_ckpt(
-        Path(t) / "lightning.ckpt", f["sd"]),
+        Path(t) / "lightning.ckpt", f["sd"]
+    ),
     "Lightning 1.x records (ModelCheckpoint class key, AttributeDict)": lambda f, t: lightning_files.as_lightning_1x(
-        lightning_files.write_lightning_ckpt(Path(t) / "lightning_1x.ckpt", f["sd"])),
+        lightning_files.write_lightning_ckpt(Path(t) / "lightning_1x.ckpt", f["sd"])
+    ),
     "float64 weights": lambda f, t: deadiff_fakes.write_official_safetensors(
-        Path(t) / "float64.safetensors", {k: v.double() if v.is_floating_point() else v for k, v in f["sd"].items()}),
+        Path(t) / "float64.safetensors", {k: v.double() if v.is_floating_point() else v for k, v in f["sd"].items()}
+    ),
 }

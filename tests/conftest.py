@@ -12,6 +12,7 @@ Two ways in, both loading this repository the way ComfyUI loads any custom node 
 The ComfyUI tree is $COMFYUI_DIR when set (run the suite against your own checkout), else the pinned
 0.3.75 fetched by scripts/fetch_comfyui.py into the cache outside the clone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -228,11 +229,24 @@ class ComfyServer:
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "wb")
         # started as a user starts it: ComfyUI's main.py with command-line options, nothing patched
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(base), "--disable-auto-launch", "--dont-print-server",
-               *front_end_args(), *extra_args]
-        self.process = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(base),
+            "--disable-auto-launch",
+            "--dont-print-server",
+            *front_end_args(),
+            *extra_args,
+        ]
+        self.process = subprocess.Popen(
+            cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 180
         while True:
             if self.process.poll() is not None:
@@ -243,7 +257,7 @@ class ComfyServer:
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"ComfyUI server did not answer within 180 s:\n{self.log()}")
+                    raise RuntimeError(f"ComfyUI server did not answer within 180 s:\n{self.log()}") from None
                 time.sleep(0.5)
 
     def log(self) -> str:
@@ -255,8 +269,9 @@ class ComfyServer:
             return json.loads(r.read())
 
     def post(self, path: str, payload: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 body = r.read()
@@ -314,12 +329,20 @@ class ComfyServer:
     def upload_image(self, name: str, png: bytes) -> str:
         """POST /upload/image (multipart, as the front end sends it) into input/; return the stored name."""
         boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + png + (
-                f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
-                f"--{boundary}--\r\n").encode()
-        req = urllib.request.Request(self.url + "/upload/image", data=body,
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png
+            + (
+                f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'
+                f"--{boundary}--\r\n"
+            ).encode()
+        )
+        req = urllib.request.Request(
+            self.url + "/upload/image", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())["name"]
 

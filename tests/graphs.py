@@ -1,4 +1,5 @@
 """Build ComfyUI API-format prompts in tests without hand-numbering nodes."""
+
 from __future__ import annotations
 
 

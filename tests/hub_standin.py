@@ -13,6 +13,7 @@ Knobs for the tests: `drop_after` (the first GET sends that many bytes of a full
 closes the connection), `wrong_sha256` (announce another checksum than the content's), and `requests`
 (every request seen: method, path, Range header; `file_requests()` keeps those for files).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 class HubStandIn:
     def __init__(self):
-        self.files: dict = {}          # (repo_id, filename) -> bytes
-        self.requests: list = []       # (method, path, range header or None)
+        self.files: dict = {}  # (repo_id, filename) -> bytes
+        self.requests: list = []  # (method, path, range header or None)
         self.drop_after: int | None = None
         self.wrong_sha256 = False
         self._dropped = False
@@ -39,7 +40,9 @@ class HubStandIn:
                 pass
 
             def _lookup(self):
-                match = re.match(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<name>.+)$", self.path.split("?")[0])
+                match = re.match(
+                    r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<name>.+)$", self.path.split("?")[0]
+                )
                 if not match:
                     return None, "RepoNotFound"
                 if match["rev"] not in ("main", COMMIT):
@@ -95,7 +98,7 @@ class HubStandIn:
                 self.end_headers()
                 if hub.drop_after is not None and not hub._dropped:
                     hub._dropped = True
-                    self.wfile.write(body[:hub.drop_after])
+                    self.wfile.write(body[: hub.drop_after])
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)  # the transfer breaks off mid-body

@@ -10,6 +10,7 @@ for bit and the file must give the same result as the plain state_dict.
 `as_lightning_1x` rewrites such a file with the records Lightning 1.x wrote instead (the ModelCheckpoint
 class as the `callbacks` key, an AttributeDict of hyper-parameters, a numpy scalar best score).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,10 +27,17 @@ CONFIG = {
     "model": {
         "base_learning_rate": 1.0e-05,
         "target": "deadiff.models.DEADiff",
-        "params": {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
-                   "qformer_config": {"num_query_token": 16, "freeze_vit": True},
-                   "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
-                                   "params": {"channel_mult": [1, 2, 4, 4], "attention_resolutions": [4, 2, 1]}}},
+        "params": {
+            "linear_start": 0.00085,
+            "linear_end": 0.012,
+            "timesteps": 1000,
+            "scale_factor": 0.18215,
+            "qformer_config": {"num_query_token": 16, "freeze_vit": True},
+            "unet_config": {
+                "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                "params": {"channel_mult": [1, 2, 4, 4], "attention_resolutions": [4, 2, 1]},
+            },
+        },
     },
     "lightning": {"trainer": {"benchmark": True, "accumulate_grad_batches": 1}},
 }
@@ -53,7 +61,9 @@ def _lightning_module(state_dict: dict, config):
                         module.add_module(part, torch.nn.Module())
                     module = module._modules[part]
                 if value.is_floating_point():
-                    module.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=key.startswith(TRAINED)))
+                    module.register_parameter(
+                        leaf, torch.nn.Parameter(value.clone(), requires_grad=key.startswith(TRAINED))
+                    )
                 else:
                     module.register_buffer(leaf, value.clone())
 
@@ -76,8 +86,10 @@ def write_lightning_ckpt(path, state_dict: dict) -> Path:
 
     path = Path(path)
     work = Path(tempfile.mkdtemp(prefix="lightning-"))  # Lightning's own files stay out of models/
-    quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning", "lightning.pytorch",
-                                                   "lightning_fabric", "lightning.fabric")]
+    quiet = [
+        logging.getLogger(name)
+        for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+    ]
     levels = [logger.level for logger in quiet]
     try:
         for logger in quiet:
@@ -86,10 +98,19 @@ def write_lightning_ckpt(path, state_dict: dict) -> Path:
             warnings.simplefilter("ignore")
             module = _lightning_module(state_dict, OmegaConf.create(CONFIG))
             batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=1)
-            checkpoints = pl.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", every_n_train_steps=1,
-                                                       save_last=True)
-            trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, callbacks=[checkpoints], logger=False,
-                                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=work)
+            checkpoints = pl.callbacks.ModelCheckpoint(
+                dirpath=work / "checkpoints", every_n_train_steps=1, save_last=True
+            )
+            trainer = pl.Trainer(
+                max_steps=2,
+                accelerator="cpu",
+                devices=1,
+                callbacks=[checkpoints],
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                default_root_dir=work,
+            )
             trainer.fit(module, batches)
             trainer.save_checkpoint(work / "saved.ckpt")
         shutil.move(str(work / "saved.ckpt"), path)

@@ -3,6 +3,7 @@
 The encoders and the attention patch are compared against this, so it is kept as literal as
 possible: one function per step of the design document, loops instead of cleverness.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,13 @@ def linear(sd, name, x):
 
 def post_ln(sd, name, x, residual):
     h = residual.shape[-1]
-    return F.layer_norm(linear(sd, name + ".dense", x) + residual, (h,), sd[name + ".LayerNorm.weight"].float(),
-                        sd[name + ".LayerNorm.bias"].float(), 1e-12)
+    return F.layer_norm(
+        linear(sd, name + ".dense", x) + residual,
+        (h,),
+        sd[name + ".LayerNorm.weight"].float(),
+        sd[name + ".LayerNorm.bias"].float(),
+        1e-12,
+    )
 
 
 def qformer(sd, prefix, image, branch):
@@ -103,11 +109,14 @@ def qformer(sd, prefix, image, branch):
     queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
     n_q, hidden = queries.shape[1], queries.shape[2]
     heads = hidden // 64
-    text = sd[b + "embeddings.word_embeddings.weight"].float()[ids] + \
-        sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    text = (
+        sd[b + "embeddings.word_embeddings.weight"].float()[ids]
+        + sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    )
     x = torch.cat([queries, text.expand(image.shape[0], -1, -1)], 1)
-    x = F.layer_norm(x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(),
-                     sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12)
+    x = F.layer_norm(
+        x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(), sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12
+    )
     i = 0
     while b + f"encoder.layer.{i}.attention.self.query.weight" in sd:
         L = f"{b}encoder.layer.{i}."
@@ -143,6 +152,7 @@ def encode(sd, images, branch):
 
 # ------------------------------------------------------------------ reference preparation options
 
+
 def square(x, resize_mode, fill):
     """(B, C, H, W) -> the square the mode makes. center crop: the centred min(H, W) square; pad: the
     image centred in a max(H, W) square of `fill` (one value per channel). Leftover odd pixels go to
@@ -153,13 +163,13 @@ def square(x, resize_mode, fill):
     if resize_mode == "center crop":
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
-        return x[:, :, top:top + s, left:left + s]
+        return x[:, :, top : top + s, left : left + s]
     s = max(h, w)
     out = torch.empty(b, c, s, s, dtype=x.dtype)
     for ch in range(c):
         out[:, ch] = fill[ch]
     top, left = (s - h) // 2, (s - w) // 2
-    out[:, :, top:top + h, left:left + w] = x
+    out[:, :, top : top + h, left : left + w] = x
     return out
 
 
@@ -183,7 +193,7 @@ def patch_weights(mask, size, patch, resize_mode):
     coverage = torch.zeros(m.shape[0], grid * grid)
     for row in range(grid):
         for col in range(grid):
-            cell = m[:, row * block:(row + 1) * block, col * block:(col + 1) * block]
+            cell = m[:, row * block : (row + 1) * block, col * block : (col + 1) * block]
             coverage[:, row * grid + col] = cell.mean(dim=(1, 2))
     coverage = coverage / coverage.max(dim=1, keepdim=True).values
     return torch.cat([torch.ones(m.shape[0], 1), coverage], dim=1)
@@ -208,11 +218,14 @@ def qformer_weighted(sd, prefix, image, branch, weights):
     queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
     n_q, hidden = queries.shape[1], queries.shape[2]
     heads = hidden // 64
-    text = sd[b + "embeddings.word_embeddings.weight"].float()[ids] + \
-        sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    text = (
+        sd[b + "embeddings.word_embeddings.weight"].float()[ids]
+        + sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
+    )
     x = torch.cat([queries, text.expand(image.shape[0], -1, -1)], 1)
-    x = F.layer_norm(x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(),
-                     sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12)
+    x = F.layer_norm(
+        x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(), sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12
+    )
     i = 0
     while b + f"encoder.layer.{i}.attention.self.query.weight" in sd:
         L = f"{b}encoder.layer.{i}."
@@ -221,8 +234,9 @@ def qformer_weighted(sd, prefix, image, branch, weights):
         x = post_ln(sd, L + "attention.output", a, x)
         xq, xt = x[:, :n_q], x[:, n_q:]
         c = L + "crossattention.self."
-        a = weighted_attention(linear(sd, c + "query", xq), linear(sd, c + "key", image),
-                               linear(sd, c + "value", image), heads, weights)
+        a = weighted_attention(
+            linear(sd, c + "query", xq), linear(sd, c + "key", image), linear(sd, c + "value", image), heads, weights
+        )
         xq = post_ln(sd, L + "crossattention.output", a, xq)
         xq = post_ln(sd, L + "output_query", F.gelu(linear(sd, L + "intermediate_query.dense", xq)), xq)
         xt = post_ln(sd, L + "output", F.gelu(linear(sd, L + "intermediate.dense", xt)), xt)

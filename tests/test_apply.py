@@ -7,6 +7,7 @@ sites, content tokens at the 5 coarse ones, and zero tokens wherever a branch is
 negative pass. ComfyUI's own sampler path (SamplerCustom, CFG, batching of cond and uncond) must
 produce the same denoised predictions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,11 +21,20 @@ from graphs import Graph
 
 STEPS = 3
 CONTENT_BLOCKS = {"input_blocks.7", "input_blocks.8", "middle_block", "output_blocks.3", "output_blocks.4"}
-SITE_BLOCKS = ["input_blocks.1", "input_blocks.2", "input_blocks.4", "input_blocks.5", "input_blocks.7",
-               "input_blocks.8", "middle_block", *[f"output_blocks.{i}" for i in range(3, 12)]]
+SITE_BLOCKS = [
+    "input_blocks.1",
+    "input_blocks.2",
+    "input_blocks.4",
+    "input_blocks.5",
+    "input_blocks.7",
+    "input_blocks.8",
+    "middle_block",
+    *[f"output_blocks.{i}" for i in range(3, 12)],
+]
 
 
 # ---------------------------------------------------------------- the plain reference of docs/design.md §6
+
 
 class ReferenceCrossAttention(torch.nn.Module):
     """docs/design.md §6 for one site: K = [to_k(T); w*i_to_k(E)], V = [to_v(T); w*i_to_v(E)], one softmax."""
@@ -52,8 +62,12 @@ class ReferenceUNet:
             path = f"{block}.1.transformer_blocks.0"
             parent = self.unet.get_submodule(path)
             ckpt = f"model.diffusion_model.{path}.attn2."
-            ref = ReferenceCrossAttention(parent.attn2, official_sd[ckpt + "i_to_k.weight"].float(),
-                                          official_sd[ckpt + "i_to_v.weight"].float(), self.state)
+            ref = ReferenceCrossAttention(
+                parent.attn2,
+                official_sd[ckpt + "i_to_k.weight"].float(),
+                official_sd[ckpt + "i_to_v.weight"].float(),
+                self.state,
+            )
             ref.block = block
             ref.branch = "content" if block in CONTENT_BLOCKS else "style"
             parent.attn2 = ref
@@ -62,13 +76,18 @@ class ReferenceUNet:
         ms = self.base.model_sampling
         self.state["tokens"] = tokens_for_site
         sig = torch.full((x.shape[0],), sigma)
-        out = self.unet(ms.calculate_input(sig, x), ms.timestep(sig).float(),
-                        context=context.expand(x.shape[0], -1, -1), transformer_options={})
+        out = self.unet(
+            ms.calculate_input(sig, x),
+            ms.timestep(sig).float(),
+            context=context.expand(x.shape[0], -1, -1),
+            transformer_options={},
+        )
         return ms.calculate_denoised(sig, out, x)
 
 
 def official_tokens(contributions, negative: bool):
     """Per site: each contribution's tokens (zeros for an unused branch and in the negative pass)."""
+
     def for_site(ref):
         result = []
         for inj in contributions:
@@ -81,6 +100,7 @@ def official_tokens(contributions, negative: bool):
             else:
                 result.append((tokens, inj[ref.branch + "_weight"]))
         return result
+
     return for_site
 
 
@@ -95,6 +115,7 @@ def reference_denoised(ref, x, sigma, cond, uncond, contributions, cfg):
 
 # ---------------------------------------------------------------- graphs
 
+
 @pytest.fixture(scope="module")
 def official_sd():
     return deadiff_fakes.make_official_state_dict(seed=0)
@@ -108,8 +129,21 @@ def deadiff_name(comfy, official_sd):
     return path.name
 
 
-def build(deadiff_name, *, style=True, content=False, style_weight=1.0, content_weight=1.0, start_at=0.0,
-          end_at=1.0, cfg=7.5, batch=1, key="probe", second_apply=None, apply=True):
+def build(
+    deadiff_name,
+    *,
+    style=True,
+    content=False,
+    style_weight=1.0,
+    content_weight=1.0,
+    start_at=0.0,
+    end_at=1.0,
+    cfg=7.5,
+    batch=1,
+    key="probe",
+    second_apply=None,
+    apply=True,
+):
     g = Graph()
     tiny = g.node("DEADiffTest_TinySD15", seed=0)
     pos = g.node("CLIPTextEncode", clip=tiny[1], text="a lighthouse on a cliff")
@@ -124,20 +158,37 @@ def build(deadiff_name, *, style=True, content=False, style_weight=1.0, content_
             nodes["style"] = extra["style"] = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
         if content:
             nodes["content"] = extra["content"] = g.node("DEADiffContentEncoder", deadiff=loader, image=image)
-        nodes["apply"] = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=style_weight,
-                                content_weight=content_weight, start_at=start_at, end_at=end_at, **extra)
+        nodes["apply"] = g.node(
+            "DEADiffApply",
+            model=model,
+            deadiff=loader,
+            style_weight=style_weight,
+            content_weight=content_weight,
+            start_at=start_at,
+            end_at=end_at,
+            **extra,
+        )
         model = nodes["apply"][0]
         if second_apply:
             image2 = g.node("DEADiffTest_ImageFromSeed", seed=2, width=64, height=64, batch_size=1, channels=3)
             nodes["style2"] = g.node("DEADiffStyleEncoder", deadiff=loader, image=image2)
-            nodes["apply2"] = g.node("DEADiffApply", model=model, deadiff=loader, style=nodes["style2"],
-                                     **second_apply)
+            nodes["apply2"] = g.node("DEADiffApply", model=model, deadiff=loader, style=nodes["style2"], **second_apply)
             model = nodes["apply2"][0]
     sampler = g.node("DEADiffTest_ProbeSampler", key=key)
     sigmas = g.node("BasicScheduler", model=tiny[0], scheduler="normal", steps=STEPS, denoise=1.0)
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=batch)
-    nodes["sample"] = g.node("SamplerCustom", model=model, add_noise=True, noise_seed=42, cfg=cfg, positive=pos,
-                             negative=neg, sampler=sampler, sigmas=sigmas, latent_image=latent)
+    nodes["sample"] = g.node(
+        "SamplerCustom",
+        model=model,
+        add_noise=True,
+        noise_seed=42,
+        cfg=cfg,
+        positive=pos,
+        negative=neg,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent,
+    )
     for name, node in list(nodes.items()):  # output nodes, so that ComfyUI runs (and keeps) all of these
         if name == "sample":
             g.node("DEADiffTest_CaptureLatent", samples=node, key=f"{key}-{name}")
@@ -178,12 +229,15 @@ def tokens_of(out, node):
     return out[node.id][0].tokens
 
 
-@pytest.mark.parametrize("style,content,weight", [
-    (True, False, 1.0), (False, True, 1.0), (True, True, 1.0), (True, True, 0.6), (True, False, 0.6)])
+@pytest.mark.parametrize(
+    "style,content,weight",
+    [(True, False, 1.0), (False, True, 1.0), (True, True, 1.0), (True, True, 0.6), (True, False, 0.6)],
+)
 def test_prediction_matches_reference(comfy, official_sd, deadiff_name, style, content, weight):
     key = f"ref-{style}-{content}-{weight}"
-    prompt, nodes = build(deadiff_name, style=style, content=content, style_weight=weight,
-                          content_weight=weight, key=key)
+    prompt, nodes = build(
+        deadiff_name, style=style, content=content, style_weight=weight, content_weight=weight, key=key
+    )
     out = comfy.run(prompt)
     inj = {"window": lambda s: True, "style_weight": weight, "content_weight": weight}
     if style:
@@ -236,8 +290,9 @@ def test_latent_batch_of_two(comfy, official_sd, deadiff_name):
 
 def test_two_apply_nodes_compose(comfy, official_sd, deadiff_name):
     key = "two-applies"
-    prompt, nodes = build(deadiff_name, key=key, second_apply={
-        "style_weight": 0.5, "content_weight": 1.0, "start_at": 0.0, "end_at": 1.0})
+    prompt, nodes = build(
+        deadiff_name, key=key, second_apply={"style_weight": 0.5, "content_weight": 1.0, "start_at": 0.0, "end_at": 1.0}
+    )
     out = comfy.run(prompt)
     first = {"window": lambda s: True, "style": tokens_of(out, nodes["style"]), "style_weight": 1.0}
     second = {"window": lambda s: True, "style": tokens_of(out, nodes["style2"]), "style_weight": 0.5}

@@ -1,6 +1,7 @@
 """Beyond the paper (docs/design.md §7): regional masks, mixing, reference batches, saved tokens, routing and a
 negative reference, in the real ComfyUI. Each site's output is compared with the plain docs/design.md §6
 reference (tests/reference_deadiff.py) fed with what the feature should mean."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def setup(comfy, official_sd):
     s = {name: out[node.id][0] for name, node in kept.items()}
     encoders = comfy.module("DEADiffStyleEncoder")
     for branch in ("style", "content"):
-        s[branch] = [encoders.encode(s["deadiff"], s["images"][i:i + 1], branch) for i in range(2)]
+        s[branch] = [encoders.encode(s["deadiff"], s["images"][i : i + 1], branch) for i in range(2)]
     return s
 
 
@@ -64,6 +65,7 @@ def projections(sd, key=SITE_KEY):
 
 # ------------------------------------------------------------------ regional masks
 
+
 def test_two_masked_applies_give_two_regional_styles(comfy, setup, official_sd):
     """Left half: text + style A only; right half: text + style B only (each site grid exactly)."""
     h, w = 4, 6
@@ -79,9 +81,10 @@ def test_two_masked_applies_give_two_regional_styles(comfy, setup, official_sd):
     for i, negative in enumerate((False, True)):
         ta, tb = (torch.zeros_like(t.tokens) if negative else t.tokens for t in (a, b))
         for region, tokens in ((columns < 3, ta), (columns >= 3, tb)):
-            expected = ref.site_attention(q[i:i + 1, region], k[i:i + 1], v[i:i + 1], [(tokens, 1.0)],
-                                          i_to_k, i_to_v, HEADS)
-            torch.testing.assert_close(out[i:i + 1, region], expected, rtol=1e-5, atol=1e-5)
+            expected = ref.site_attention(
+                q[i : i + 1, region], k[i : i + 1], v[i : i + 1], [(tokens, 1.0)], i_to_k, i_to_v, HEADS
+            )
+            torch.testing.assert_close(out[i : i + 1, region], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_masks_of_any_size_batch_and_range_are_resized_per_site(comfy, setup):
@@ -99,6 +102,7 @@ def test_masks_of_any_size_batch_and_range_are_resized_per_site(comfy, setup):
 
 
 # ------------------------------------------------------------------ reference batches and mixing
+
 
 def encode_batch(comfy, setup, branch, mode):
     node = comfy.nodes.NODE_CLASS_MAPPINGS[f"DEADiff{branch.capitalize()}Encoder"]()
@@ -123,8 +127,10 @@ def test_one_reference_per_latent_at_the_site(comfy, setup, official_sd):
     i_to_k, i_to_v = projections(official_sd)
     q, k, v = qkv(4, 12, 32, seed=3)
     out = call(site_patch(model, SITE), q, k, v, (1, 0), [4, 32, 3, 4])  # uncond chunk first
-    expected = [ref.site_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], [(t, 1.0)], i_to_k, i_to_v, HEADS)
-                for i, t in enumerate((torch.zeros_like(a.tokens), torch.zeros_like(b.tokens), a.tokens, b.tokens))]
+    expected = [
+        ref.site_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], [(t, 1.0)], i_to_k, i_to_v, HEADS)
+        for i, t in enumerate((torch.zeros_like(a.tokens), torch.zeros_like(b.tokens), a.tokens, b.tokens))
+    ]
     torch.testing.assert_close(out, torch.cat(expected), rtol=1e-5, atol=1e-5)
     q, k, v = qkv(6, 12, 32, seed=4)
     with pytest.raises(ValueError, match="tokens: 2 given.*latent batch has 3 images.*batch_mode"):
@@ -141,10 +147,12 @@ def test_mix_nodes_weighted_sum_and_concatenate_through_the_executor(comfy, setu
     second = g.node("ImageFromBatch", image=images, batch_index=1, length=1)
     style_a = g.node("DEADiffStyleEncoder", deadiff=loader, image=first)
     style_b = g.node("DEADiffStyleEncoder", deadiff=loader, image=second)
-    blend = g.node("DEADiffMixStyles", mode="weighted sum", style_1=style_a, weight_1=3.0, style_2=style_b,
-                   weight_2=1.0)
-    concat = g.node("DEADiffMixStyles", mode="concatenate", style_1=style_a, weight_1=1.0, style_2=style_b,
-                    weight_2=0.5)
+    blend = g.node(
+        "DEADiffMixStyles", mode="weighted sum", style_1=style_a, weight_1=3.0, style_2=style_b, weight_2=1.0
+    )
+    concat = g.node(
+        "DEADiffMixStyles", mode="concatenate", style_1=style_a, weight_1=1.0, style_2=style_b, weight_2=0.5
+    )
     both = g.node("DEADiffStyleEncoder", deadiff=loader, image=images, batch_mode="concatenate")
     for i, node in enumerate((style_a, style_b, blend, concat, both)):
         g.node("DEADiffTest_Keep", value=node, key=f"mix-{i}")
@@ -152,8 +160,9 @@ def test_mix_nodes_weighted_sum_and_concatenate_through_the_executor(comfy, setu
     a, b, blended, concatenated, batch = (out[n.id][0] for n in (style_a, style_b, blend, concat, both))
     torch.testing.assert_close(blended.for_attention(), 0.75 * a.tokens + 0.25 * b.tokens)
     torch.testing.assert_close(concatenated.for_attention(), torch.cat([a.tokens, 0.5 * b.tokens], dim=1))
-    unscaled = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffMixStyles"]().execute("concatenate", style_1=a, weight_1=1.0,
-                                                                           style_2=b, weight_2=1.0)[0]
+    unscaled = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffMixStyles"]().execute(
+        "concatenate", style_1=a, weight_1=1.0, style_2=b, weight_2=1.0
+    )[0]
     torch.testing.assert_close(unscaled.for_attention(), batch.for_attention())
     assert blended.references == a.references + b.references
 
@@ -172,6 +181,7 @@ def test_mix_refuses_what_cannot_be_mixed(comfy, setup):
 
 
 # ------------------------------------------------------------------ saved tokens
+
 
 def test_save_and_load_tokens_through_the_executor(comfy, setup):
     g = Graph()
@@ -222,6 +232,7 @@ def test_save_and_load_tokens_through_the_executor(comfy, setup):
 
 # ------------------------------------------------------------------ routing
 
+
 def test_routing_node_validates_its_text_before_the_prompt_runs(comfy):
     g = Graph()
     routing = g.node("DEADiffRouting", routing="input_1=0.5, nowhere=style")
@@ -236,8 +247,16 @@ def test_custom_routing_at_the_sites(comfy, setup, official_sd):
     routing = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffRouting"]().execute("content=off\ninput_1=content*0.5")[0]
     a = setup["style"][0]
     c = setup["content"][0]
-    model = apply(comfy, setup["model"], setup["deadiff"], style_weight=0.8, content_weight=1.2,
-                  style=a, content=c, routing=routing)
+    model = apply(
+        comfy,
+        setup["model"],
+        setup["deadiff"],
+        style_weight=0.8,
+        content_weight=1.2,
+        style=a,
+        content=c,
+        routing=routing,
+    )
     q, k, v = qkv(2, 12, 128, seed=5)
     out = call(site_patch(model, CONTENT_SITE), q, k, v, (0, 1), [2, 128, 3, 4])
     torch.testing.assert_close(out, ref.attention(q, k, v, HEADS), rtol=1e-5, atol=1e-5)
@@ -245,20 +264,33 @@ def test_custom_routing_at_the_sites(comfy, setup, official_sd):
     q, k, v = qkv(2, 12, 32, seed=6)
     out = call(site_patch(model, SITE), q, k, v, (0, 1), [2, 32, 3, 4])
     for i, tokens in enumerate((c.tokens, torch.zeros_like(c.tokens))):
-        expected = ref.site_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], [(tokens, 1.2 * 0.5)], i_to_k, i_to_v, HEADS)
-        torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+        expected = ref.site_attention(
+            q[i : i + 1], k[i : i + 1], v[i : i + 1], [(tokens, 1.2 * 0.5)], i_to_k, i_to_v, HEADS
+        )
+        torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_empty_routing_is_the_official_split_end_to_end(comfy, setup):
     def graph(with_routing):
         g = txt2img()
         g["dd"] = {"class_type": "DEADiffModelLoader", "inputs": {"deadiff_name": "tiny_beyond.ckpt"}}
-        g["img"] = {"class_type": "DEADiffTest_ImageFromSeed",
-                    "inputs": {"seed": 5, "width": 32, "height": 32, "batch_size": 1, "channels": 3}}
+        g["img"] = {
+            "class_type": "DEADiffTest_ImageFromSeed",
+            "inputs": {"seed": 5, "width": 32, "height": 32, "batch_size": 1, "channels": 3},
+        }
         g["style"] = {"class_type": "DEADiffStyleEncoder", "inputs": {"deadiff": ["dd", 0], "image": ["img", 0]}}
-        g["apply"] = {"class_type": "DEADiffApply", "inputs": {
-            "model": ["model", 0], "deadiff": ["dd", 0], "style": ["style", 0], "style_weight": 1.0,
-            "content_weight": 1.0, "start_at": 0.0, "end_at": 1.0}}
+        g["apply"] = {
+            "class_type": "DEADiffApply",
+            "inputs": {
+                "model": ["model", 0],
+                "deadiff": ["dd", 0],
+                "style": ["style", 0],
+                "style_weight": 1.0,
+                "content_weight": 1.0,
+                "start_at": 0.0,
+                "end_at": 1.0,
+            },
+        }
         if with_routing is not None:
             g["route"] = {"class_type": "DEADiffRouting", "inputs": {"routing": with_routing}}
             g["apply"]["inputs"]["routing"] = ["route", 0]
@@ -273,6 +305,7 @@ def test_empty_routing_is_the_official_split_end_to_end(comfy, setup):
 
 # ------------------------------------------------------------------ negative reference
 
+
 def test_negative_reference_replaces_the_zero_tokens_of_the_negative_pass(comfy, setup, official_sd):
     a, b = setup["style"]
     model = apply(comfy, setup["model"], setup["deadiff"], style_weight=0.7, style=a, negative_style=b)
@@ -280,8 +313,8 @@ def test_negative_reference_replaces_the_zero_tokens_of_the_negative_pass(comfy,
     q, k, v = qkv(3, 12, 32, seed=7)
     out = call(site_patch(model, SITE), q, k, v, (0, 1, 0), [3, 32, 3, 4])
     for i, tokens in enumerate((a.tokens, b.tokens, a.tokens)):
-        expected = ref.site_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], [(tokens, 0.7)], i_to_k, i_to_v, HEADS)
-        torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+        expected = ref.site_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], [(tokens, 0.7)], i_to_k, i_to_v, HEADS)
+        torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-5)
     # content unconnected: its negative pass still gets zero tokens, as officially
     q, k, v = qkv(2, 12, 128, seed=8)
     out = call(site_patch(model, CONTENT_SITE), q, k, v, (0, 1), [2, 128, 3, 4])
@@ -308,21 +341,37 @@ def test_tokens_from_another_deadiff_file_are_refused(comfy, setup):
 def test_one_reference_per_latent_end_to_end(comfy, setup):
     """Latent i of a batch follows reference i alone: with references [A, B], latent 0 is latent 0 of
     the run with [A, A] and latent 1 is latent 1 of the run with [B, B] (same noise, same prompt)."""
+
     def run(first, second):
         g = txt2img(seed=5)
         g["latent"]["inputs"]["batch_size"] = 2
         g["dd"] = {"class_type": "DEADiffModelLoader", "inputs": {"deadiff_name": "tiny_beyond.ckpt"}}
-        g["img"] = {"class_type": "DEADiffTest_ImageFromSeed",
-                    "inputs": {"seed": 21, "width": 48, "height": 40, "batch_size": 2, "channels": 3}}
+        g["img"] = {
+            "class_type": "DEADiffTest_ImageFromSeed",
+            "inputs": {"seed": 21, "width": 48, "height": 40, "batch_size": 2, "channels": 3},
+        }
         for name, index in (("a", first), ("b", second)):
-            g[name] = {"class_type": "ImageFromBatch",
-                       "inputs": {"image": ["img", 0], "batch_index": index, "length": 1}}
+            g[name] = {
+                "class_type": "ImageFromBatch",
+                "inputs": {"image": ["img", 0], "batch_index": index, "length": 1},
+            }
         g["refs"] = {"class_type": "ImageBatch", "inputs": {"image1": ["a", 0], "image2": ["b", 0]}}
-        g["style"] = {"class_type": "DEADiffStyleEncoder",
-                      "inputs": {"deadiff": ["dd", 0], "image": ["refs", 0], "batch_mode": "one per latent"}}
-        g["apply"] = {"class_type": "DEADiffApply", "inputs": {
-            "model": ["model", 0], "deadiff": ["dd", 0], "style": ["style", 0], "style_weight": 1.0,
-            "content_weight": 1.0, "start_at": 0.0, "end_at": 1.0}}
+        g["style"] = {
+            "class_type": "DEADiffStyleEncoder",
+            "inputs": {"deadiff": ["dd", 0], "image": ["refs", 0], "batch_mode": "one per latent"},
+        }
+        g["apply"] = {
+            "class_type": "DEADiffApply",
+            "inputs": {
+                "model": ["model", 0],
+                "deadiff": ["dd", 0],
+                "style": ["style", 0],
+                "style_weight": 1.0,
+                "content_weight": 1.0,
+                "start_at": 0.0,
+                "end_at": 1.0,
+            },
+        }
         g["sample"]["inputs"]["model"] = ["apply", 0]
         return latent_of(comfy.run(g))
 

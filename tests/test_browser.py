@@ -20,6 +20,7 @@ The front end is the comfyui-frontend-package that the ComfyUI under test pins (
 Needs Chromium (`apt-get install chromium`) and the `playwright` package (which drives that Chromium; no
 browser download). Skipped, with the reason, when either is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 PACK = "ComfyUI-DEADiff"  # the template browser's category: the pack's folder in custom_nodes
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PLACEHOLDER = b"name-only placeholder for the front-end check"
 # what front ends show when something is wrong: dialogs (1.32), the error overlay (role=status) and its
 # "View details" panel (1.49 and later), toasts and alerts
@@ -99,8 +107,9 @@ class FrontEnd:
 
     def run(self, page) -> dict:
         """Click Run; return ComfyUI's answer to the POST /api/prompt the front end sent."""
-        with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
-                                  timeout=60_000) as answer:
+        with page.expect_response(
+            lambda r: r.url.endswith("/prompt") and r.request.method == "POST", timeout=60_000
+        ) as answer:
             self.button(page, "Run").click()
         response = answer.value
         return {"status": response.status, **response.json()}
@@ -141,8 +150,10 @@ def warning_details(page) -> str:
 
 def executed_part(prompt: dict) -> dict:
     """What ComfyUI executes of an API prompt, and each node's title."""
-    return {node_id: (node["class_type"], node["inputs"], node.get("_meta", {}).get("title"))
-            for node_id, node in prompt.items()}
+    return {
+        node_id: (node["class_type"], node["inputs"], node.get("_meta", {}).get("title"))
+        for node_id, node in prompt.items()
+    }
 
 
 def api_prompt_of(history_entry: dict) -> tuple[dict, dict]:
@@ -191,8 +202,15 @@ def front_end(comfy):
                     shutil.copyfile(saved_style, path)
         settings = base / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
-        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                                        "LiteGraph.Canvas.MinFontSizeForLOD": 0}))  # readable screenshots
+        settings.write_text(
+            json.dumps(
+                {
+                    "Comfy.TutorialCompleted": True,
+                    "Comfy.Minimap.Visible": False,
+                    "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+                }
+            )
+        )  # readable screenshots
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
             try:
@@ -293,7 +311,8 @@ def test_example_loads_cleanly_and_runs_from_the_front_end(comfy, front_end, nam
     # ComfyUI accepted every node, and the run stopped only at a name-only placeholder weight file
     error = execution_error(entry)
     assert error is not None, "a placeholder weight file loaded?"
-    loaders = {str(n["id"]) for n in workflow["nodes"]
-               if n.get("properties", {}).get("models") or n["type"] == "LoraLoader"}
+    loaders = {
+        str(n["id"]) for n in workflow["nodes"] if n.get("properties", {}).get("models") or n["type"] == "LoraLoader"
+    }
     assert str(error["node_id"]) in loaders, error
     assert not [e for e in front_end.page_errors if "DEADiff" in e], front_end.page_errors

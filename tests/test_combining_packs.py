@@ -11,6 +11,7 @@ ComfyUI looks up, w_ip * attention(q, E_ip @ to_k_ip^T, E_ip @ to_v_ip^T) with E
 in the cond pass and its uncond tokens in the negative pass, while its sigma window holds. The
 middle block gets no IPAdapter term: ComfyUI names it ("middle", 0) and never looks up ("middle", 1).
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,16 @@ STEPS = 3
 CFG = 7.5
 TOLERANCE = 1e-5  # max error relative to the prediction's scale (issue 13)
 CONTENT_BLOCKS = {"input_blocks.7", "input_blocks.8", "middle_block", "output_blocks.3", "output_blocks.4"}
-SITE_BLOCKS = ["input_blocks.1", "input_blocks.2", "input_blocks.4", "input_blocks.5", "input_blocks.7",
-               "input_blocks.8", "middle_block", *[f"output_blocks.{i}" for i in range(3, 12)]]
+SITE_BLOCKS = [
+    "input_blocks.1",
+    "input_blocks.2",
+    "input_blocks.4",
+    "input_blocks.5",
+    "input_blocks.7",
+    "input_blocks.8",
+    "middle_block",
+    *[f"output_blocks.{i}" for i in range(3, 12)],
+]
 IMAGE = 64  # pixels; the latent is 8x8
 
 
@@ -37,13 +46,14 @@ def site_name(block: str) -> str:
 
 # ---------------------------------------------------------------- the plain reference
 
+
 class ReferenceSite(torch.nn.Module):
     def __init__(self, original, block, i_to_k, i_to_v, state):
         super().__init__()
         self.original, self.block, self.i_to_k, self.i_to_v, self.state = original, block, i_to_k, i_to_v, state
         self.branch = "content" if block in CONTENT_BLOCKS else "style"
 
-    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
+    def forward(self, x, context=None, value=None, mask=None, transformer_options=None):
         a = self.original
         q, k, v = a.to_q(x), a.to_k(context), a.to_v(context if value is None else value)
         _, _, h, w = transformer_options["activations_shape"]
@@ -69,8 +79,9 @@ class ReferenceSite(torch.nn.Module):
             values.append(weight * e @ self.i_to_v.T)
             grid = torch.ones(h * w) if inj.get("mask") is None else cell_mean(inj["mask"], h, w)
             biases.append(torch.log(grid)[None, :, None].expand(q.shape[0], -1, count))
-        return ref.attention_with_bias(q, torch.cat(keys, 1), torch.cat(values, 1), self.original.heads,
-                                       torch.cat(biases, 2))
+        return ref.attention_with_bias(
+            q, torch.cat(keys, 1), torch.cat(values, 1), self.original.heads, torch.cat(biases, 2)
+        )
 
 
 def cell_mean(mask, h, w):
@@ -88,16 +99,25 @@ class ReferenceUNet:
         for block in SITE_BLOCKS:
             parent = self.unet.get_submodule(f"{block}.1.transformer_blocks.0")
             ckpt = f"model.diffusion_model.{block}.1.transformer_blocks.0.attn2."
-            parent.attn2 = ReferenceSite(parent.attn2, block, official_sd[ckpt + "i_to_k.weight"].float(),
-                                         official_sd[ckpt + "i_to_v.weight"].float(), self.state)
+            parent.attn2 = ReferenceSite(
+                parent.attn2,
+                block,
+                official_sd[ckpt + "i_to_k.weight"].float(),
+                official_sd[ckpt + "i_to_v.weight"].float(),
+                self.state,
+            )
 
     @torch.inference_mode()
     def eps(self, x, sigma, context, negative):
         ms = self.base.model_sampling
         self.state["negative"] = negative
         sig = torch.full((x.shape[0],), sigma)
-        out = self.unet(ms.calculate_input(sig, x), ms.timestep(sig).float(),
-                        context=context.expand(x.shape[0], -1, -1), transformer_options={})
+        out = self.unet(
+            ms.calculate_input(sig, x),
+            ms.timestep(sig).float(),
+            context=context.expand(x.shape[0], -1, -1),
+            transformer_options={},
+        )
         return ms.calculate_denoised(sig, out, x)
 
     def denoised(self, x, sigma, cond, uncond, contributions, ipadapters, cfg=CFG):
@@ -111,6 +131,7 @@ class ReferenceUNet:
 
 
 # ---------------------------------------------------------------- graphs
+
 
 @pytest.fixture(scope="module")
 def official_sd():
@@ -149,10 +170,20 @@ def build(deadiff_name, chain, key, *, cfg=CFG, mask=False):
             if mask:  # 1 on the left half, 0 on the right
                 empty = g.node("SolidMask", value=0.0, width=IMAGE, height=IMAGE)
                 half = g.node("SolidMask", value=1.0, width=IMAGE // 2, height=IMAGE)
-                nodes["mask"] = extra["attn_mask"] = g.node("MaskComposite", destination=empty, source=half,
-                                                            x=0, y=0, operation="add")
-            nodes["apply"] = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=1.0,
-                                    content_weight=1.0, start_at=0.0, end_at=1.0, style=nodes["style"], **extra)
+                nodes["mask"] = extra["attn_mask"] = g.node(
+                    "MaskComposite", destination=empty, source=half, x=0, y=0, operation="add"
+                )
+            nodes["apply"] = g.node(
+                "DEADiffApply",
+                model=model,
+                deadiff=loader,
+                style_weight=1.0,
+                content_weight=1.0,
+                start_at=0.0,
+                end_at=1.0,
+                style=nodes["style"],
+                **extra,
+            )
             model = nodes["apply"][0]
         else:
             inputs = {"seed": 7, "weight": 1.0, "start_at": 0.0, "end_at": 1.0, **item}
@@ -162,8 +193,18 @@ def build(deadiff_name, chain, key, *, cfg=CFG, mask=False):
     sampler = g.node("DEADiffTest_ProbeSampler", key=key)
     sigmas = g.node("BasicScheduler", model=tiny[0], scheduler="normal", steps=STEPS, denoise=1.0)
     latent = g.node("EmptyLatentImage", width=IMAGE, height=IMAGE, batch_size=1)
-    nodes["sample"] = g.node("SamplerCustom", model=model, add_noise=True, noise_seed=42, cfg=cfg, positive=pos,
-                             negative=neg, sampler=sampler, sigmas=sigmas, latent_image=latent)
+    nodes["sample"] = g.node(
+        "SamplerCustom",
+        model=model,
+        add_noise=True,
+        noise_seed=42,
+        cfg=cfg,
+        positive=pos,
+        negative=neg,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent,
+    )
     for name, node in list(nodes.items()):
         if name == "sample":
             g.node("DEADiffTest_CaptureLatent", samples=node, key=f"{key}-{name}")
@@ -181,9 +222,13 @@ def ipadapter_reference(comfy, tiny, seed=7, weight=1.0, start_at=0.0, end_at=1.
     module = standin_module(comfy)
     sampling = tiny.get_model_object("model_sampling")
     names = {name for _, name, _ in module.site_order()}
-    return {"weights": module.standin_weights(seed, module.site_widths(tiny)), "weight": weight,
-            "sigma_start": float(sampling.percent_to_sigma(start_at)), "sigma_end": float(sampling.percent_to_sigma(end_at)),
-            "sites": names if sites == "all" else {s.strip() for s in sites.split(",")}}
+    return {
+        "weights": module.standin_weights(seed, module.site_widths(tiny)),
+        "weight": weight,
+        "sigma_start": float(sampling.percent_to_sigma(start_at)),
+        "sigma_end": float(sampling.percent_to_sigma(end_at)),
+        "sites": names if sites == "all" else {s.strip() for s in sites.split(",")},
+    }
 
 
 def run_and_check(comfy, official_sd, deadiff_name, chain, key, *, cfg=CFG, mask=False, check=True):
@@ -199,14 +244,22 @@ def run_and_check(comfy, official_sd, deadiff_name, chain, key, *, cfg=CFG, mask
             torch.testing.assert_close(inj["mask"], left_half_mask()[0])
         contributions.append(inj)
     ipadapters = [ipadapter_reference(comfy, tiny, **item) for item in chain if item != "deadiff"]
-    context = {"ref": ReferenceUNet(tiny, official_sd), "cond": out[nodes["pos"].id][0][0][0],
-               "uncond": out[nodes["neg"].id][0][0][0], "contributions": contributions, "ipadapters": ipadapters,
-               "out": out, "nodes": nodes}
+    context = {
+        "ref": ReferenceUNet(tiny, official_sd),
+        "cond": out[nodes["pos"].id][0][0][0],
+        "uncond": out[nodes["neg"].id][0][0][0],
+        "contributions": contributions,
+        "ipadapters": ipadapters,
+        "out": out,
+        "nodes": nodes,
+    }
     records = comfy.module("DEADiffTest_ProbeSampler").recorded(key)
     assert len(records) == STEPS
     if check:
         for sigma, x, denoised in records:
-            expected = context["ref"].denoised(x, sigma, context["cond"], context["uncond"], contributions, ipadapters, cfg)
+            expected = context["ref"].denoised(
+                x, sigma, context["cond"], context["uncond"], contributions, ipadapters, cfg
+            )
             assert_matches(denoised, expected)
     return out[nodes["sample"].id][0]["samples"], records, context
 
@@ -221,6 +274,7 @@ def assert_matches(actual, expected, tolerance=TOLERANCE):
 
 
 # ---------------------------------------------------------------- tests
+
 
 def test_both_orders_give_the_same_prediction_as_the_reference(comfy, official_sd, deadiff_name):
     ip = {"seed": 7, "weight": 0.8}
@@ -307,17 +361,30 @@ def call_node(comfy, node_id, *args, **inputs):
 def snapshot(model):
     """What a MODEL holds that the other pack could change: its attn2 entries, their callbacks, wrappers."""
     attn2 = model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    return ({key: (id(p), len(getattr(p, "callbacks", ())), id(getattr(p, "displaced", None)))
-             for key, p in attn2.items()},
-            {k: {k1: list(map(id, w1)) for k1, w1 in w.items()} for k, w in model.wrappers.items()})
+    return (
+        {key: (id(p), len(getattr(p, "callbacks", ())), id(getattr(p, "displaced", None))) for key, p in attn2.items()},
+        {k: {k1: list(map(id, w1)) for k1, w1 in w.items()} for k, w in model.wrappers.items()},
+    )
 
 
 def ksample(comfy, model, clip):
     pos = call_node(comfy, "CLIPTextEncode", clip=clip, text="a castle by the sea")[0]
     neg = call_node(comfy, "CLIPTextEncode", clip=clip, text="blurry")[0]
     latent = call_node(comfy, "EmptyLatentImage", width=IMAGE, height=IMAGE, batch_size=1)[0]
-    return call_node(comfy, "KSampler", model=model, seed=5, steps=2, cfg=CFG, sampler_name="euler",
-                     scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
+    return call_node(
+        comfy,
+        "KSampler",
+        model=model,
+        seed=5,
+        steps=2,
+        cfg=CFG,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )[0]["samples"]
 
 
 def test_upstream_models_stay_unchanged(comfy, deadiff_name):
@@ -328,12 +395,22 @@ def test_upstream_models_stay_unchanged(comfy, deadiff_name):
     (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
 
     def standin(model):
-        return call_node(comfy, "DEADiffTest_IPAdapterStandIn", model=model, seed=7, weight=0.8, start_at=0.0,
-                         end_at=1.0)[0]
+        return call_node(
+            comfy, "DEADiffTest_IPAdapterStandIn", model=model, seed=7, weight=0.8, start_at=0.0, end_at=1.0
+        )[0]
 
     def deadiff_apply(model):
-        return call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                         start_at=0.0, end_at=1.0, style=style)[0]
+        return call_node(
+            comfy,
+            "DEADiffApply",
+            model=model,
+            deadiff=deadiff,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+            style=style,
+        )[0]
 
     for first, second in ((standin, deadiff_apply), (deadiff_apply, standin)):
         upstream = first(tiny)

@@ -2,9 +2,9 @@
 ComfyUI with that ComfyUI's default cache settings, as its main.py sets them up: the classic cache up
 to ComfyUI 0.3.x, RAM-pressure caching with an active and an inactive headroom in later ones (whose
 executor fails with KeyError 'ram_inactive' when built the old way)."""
+
 from __future__ import annotations
 
-import argparse
 import uuid
 
 import pytest
@@ -41,8 +41,9 @@ def test_default_cache_settings_follow_the_running_comfyui(comfy, default_cache_
         assert cache_args["ram"] == 0
 
 
-@pytest.mark.parametrize("option, expected", [("cache_classic", "CLASSIC"), ("cache_none", "NONE"),
-                                              ("cache_lru", "LRU")])
+@pytest.mark.parametrize(
+    "option, expected", [("cache_classic", "CLASSIC"), ("cache_none", "NONE"), ("cache_lru", "LRU")]
+)
 def test_cache_options_pick_the_cache_main_py_picks(comfy, default_cache_args, option, expected):
     setattr(default_cache_args, option, 5 if option == "cache_lru" else True)
     cache_type, _ = comfy_executor.cache_settings(default_cache_args, comfy.execution, 16 * 1024)

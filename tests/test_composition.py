@@ -1,4 +1,5 @@
 """DEADiff next to the rest of a ComfyUI graph: LoRA, ControlNet, other model patches, other packs."""
+
 from __future__ import annotations
 
 import sys
@@ -40,8 +41,16 @@ def graph(deadiff_name, *, lora=None, lora_first=True, controlnet=False, freeu=F
         loader = g.node("DEADiffModelLoader", deadiff_name=deadiff_name)
         image = g.node("DEADiffTest_ImageFromSeed", seed=9, width=64, height=64, batch_size=1, channels=3)
         style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
-        model = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=1.0, content_weight=1.0,
-                       start_at=0.0, end_at=1.0, style=style)[0]
+        model = g.node(
+            "DEADiffApply",
+            model=model,
+            deadiff=loader,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+            style=style,
+        )[0]
     if lora and not lora_first:
         model = add_lora(model)
     if freeu:
@@ -49,12 +58,31 @@ def graph(deadiff_name, *, lora=None, lora_first=True, controlnet=False, freeu=F
     if controlnet:
         cn = g.node("DEADiffTest_TinyControlNet", seed=2)
         hint = g.node("DEADiffTest_ImageFromSeed", seed=3, width=64, height=64, batch_size=1, channels=3)
-        applied = g.node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=cn, image=hint,
-                         strength=1.0, start_percent=0.0, end_percent=1.0)
+        applied = g.node(
+            "ControlNetApplyAdvanced",
+            positive=pos,
+            negative=neg,
+            control_net=cn,
+            image=hint,
+            strength=1.0,
+            start_percent=0.0,
+            end_percent=1.0,
+        )
         pos, neg = applied[0], applied[1]
     latent = g.node("EmptyLatentImage", width=size, height=size, batch_size=1)
-    sample = g.node("KSampler", model=model, seed=11, steps=steps, cfg=8.0, sampler_name="euler",
-                    scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=model,
+        seed=11,
+        steps=steps,
+        cfg=8.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key="composition")
     return g.prompt, sample
 
@@ -94,21 +122,43 @@ def ksample(comfy, model, steps=2):
     pos = call_node(comfy, "CLIPTextEncode", clip=clip, text="a red barn")[0]
     neg = call_node(comfy, "CLIPTextEncode", clip=clip, text="lowres")[0]
     latent = call_node(comfy, "EmptyLatentImage", width=64, height=64, batch_size=1)[0]
-    return call_node(comfy, "KSampler", model=model, seed=11, steps=steps, cfg=8.0, sampler_name="euler",
-                     scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]["samples"]
+    return call_node(
+        comfy,
+        "KSampler",
+        model=model,
+        seed=11,
+        steps=steps,
+        cfg=8.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )[0]["samples"]
 
 
 def deadiff_on(comfy, deadiff_name, model):
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=9, width=64, height=64, batch_size=1, channels=3)[0]
     (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
-    return call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                     start_at=0.0, end_at=1.0, style=style)[0]
+    return call_node(
+        comfy,
+        "DEADiffApply",
+        model=model,
+        deadiff=deadiff,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+    )[0]
 
 
 def scaled_plain(q, k, v, extra_options):
     """A patch without models() or to(): plain attention times 1.5, so its contribution is 0.5 x plain."""
     from comfy.ldm.modules.attention import optimized_attention
+
     return 1.5 * optimized_attention(q, k, v, extra_options["n_heads"])
 
 
@@ -145,11 +195,20 @@ class NarrowPatch:
         return q[:, :, : q.shape[-1] // 2]
 
 
-@pytest.mark.parametrize("patch,message", [
-    (RaisingPatch(), r"test_composition\.RaisingPatch at \('output', 9\).*raised RuntimeError: this patch always fails"),
-    (NarrowPatch(), r"test_composition\.NarrowPatch at \('output', 9\).*returned \(2, 64, 16\) where the "
-                    r"attention output is \(2, 64, 32\)"),
-])
+@pytest.mark.parametrize(
+    "patch,message",
+    [
+        (
+            RaisingPatch(),
+            r"test_composition\.RaisingPatch at \('output', 9\).*raised RuntimeError: this patch always fails",
+        ),
+        (
+            NarrowPatch(),
+            r"test_composition\.NarrowPatch at \('output', 9\).*returned \(2, 64, 16\) where the "
+            r"attention output is \(2, 64, 32\)",
+        ),
+    ],
+)
 def test_a_patch_that_cannot_be_combined_is_a_clear_error(comfy, deadiff_name, patch, message):
     tiny = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0].clone()
     tiny.set_model_attn2_replace(patch, "output", 9)
@@ -165,11 +224,23 @@ def test_sdxl_model_is_refused_by_name(comfy, deadiff_name):
     pos = g.node("CLIPTextEncode", clip=tiny[1], text="a red barn")
     xl = g.node("DEADiffTest_TinySDXL", seed=0)
     loader = g.node("DEADiffModelLoader", deadiff_name=deadiff_name)
-    apply = g.node("DEADiffApply", model=xl[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0)
+    apply = g.node(
+        "DEADiffApply", model=xl[0], deadiff=loader, style_weight=1.0, content_weight=1.0, start_at=0.0, end_at=1.0
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=1, steps=1, cfg=1.0, sampler_name="euler",
-                    scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=1,
+        steps=1,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=pos,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key="sdxl")
     with pytest.raises(AssertionError, match="DEADiffApply failed: ValueError: .*this MODEL is SDXL"):
         comfy.run(g.prompt)
@@ -179,13 +250,22 @@ def test_start_after_end_is_refused(comfy, deadiff_name):
     model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0]
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     with pytest.raises(ValueError, match=r"start_at \(0.7\) is after end_at \(0.2\)"):
-        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                  start_at=0.7, end_at=0.2)
+        call_node(
+            comfy,
+            "DEADiffApply",
+            model=model,
+            deadiff=deadiff,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.7,
+            end_at=0.2,
+        )
 
 
 def test_tokens_from_a_deadiff_file_of_other_dimensions_are_refused(comfy, deadiff_name):
-    wide = deadiff_fakes.place(comfy.base / "models" / "deadiff", "tiny_wide.safetensors", seed=8,
-                               qformer_hidden=128, frozen_parts=False)
+    wide = deadiff_fakes.place(
+        comfy.base / "models" / "deadiff", "tiny_wide.safetensors", seed=8, qformer_hidden=128, frozen_parts=False
+    )
     (wide_deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=wide)
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=1, channels=3)[0]
@@ -193,11 +273,38 @@ def test_tokens_from_a_deadiff_file_of_other_dimensions_are_refused(comfy, deadi
     (content,) = call_node(comfy, "DEADiffContentEncoder", deadiff=deadiff, image=image)
     model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0]
     with pytest.raises(ValueError, match="These style tokens are 128 wide but tiny_composition.ckpt expects 64"):
-        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                  start_at=0.0, end_at=1.0, style=wide_style)
+        call_node(
+            comfy,
+            "DEADiffApply",
+            model=model,
+            deadiff=deadiff,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+            style=wide_style,
+        )
     with pytest.raises(ValueError, match="The style input got content tokens"):
-        call_node(comfy, "DEADiffApply", model=model, deadiff=deadiff, style_weight=1.0, content_weight=1.0,
-                  start_at=0.0, end_at=1.0, style=content)
+        call_node(
+            comfy,
+            "DEADiffApply",
+            model=model,
+            deadiff=deadiff,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+            style=content,
+        )
     with pytest.raises(ValueError, match="made for a UNet with width 32 and a 128-wide text context"):
-        call_node(comfy, "DEADiffApply", model=model, deadiff=wide_deadiff, style_weight=1.0, content_weight=1.0,
-                  start_at=0.0, end_at=1.0, style=wide_style)
+        call_node(
+            comfy,
+            "DEADiffApply",
+            model=model,
+            deadiff=wide_deadiff,
+            style_weight=1.0,
+            content_weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+            style=wide_style,
+        )

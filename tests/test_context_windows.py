@@ -11,6 +11,7 @@ step by comparing the whole per-latent timestep with the schedule and fails for 
 with or without DEADiff; later versions use the first value). There the test uses ComfyUI's own
 handler and windows with only that lookup done the later way (DEADiffTest_BatchContextWindows).
 """
+
 from __future__ import annotations
 
 import sys
@@ -67,17 +68,42 @@ def graph(comfy, deadiff_name, windowing, *, roll=0, noise=True, masks=False, ne
         images = g.node("ImageBatch", image1=tail, image2=head)
     extra = {"style": g.node("DEADiffStyleEncoder", deadiff=loader, image=images, batch_mode="one per latent")}
     if masks:
-        extra["attn_mask"] = g.node("DEADiffTest_MaskFromSeed", seed=4, width=64, height=64, batch_size=LATENTS,
-                                    low=0.0, high=1.0, nan_fraction=0.0)
+        extra["attn_mask"] = g.node(
+            "DEADiffTest_MaskFromSeed",
+            seed=4,
+            width=64,
+            height=64,
+            batch_size=LATENTS,
+            low=0.0,
+            high=1.0,
+            nan_fraction=0.0,
+        )
     if negative:
         others = g.node("DEADiffTest_ImageFromSeed", seed=31, width=32, height=32, batch_size=LATENTS, channels=3)
-        extra["negative_style"] = g.node("DEADiffStyleEncoder", deadiff=loader, image=others,
-                                         batch_mode="one per latent")
-    model = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0, **extra)[0]
+        extra["negative_style"] = g.node(
+            "DEADiffStyleEncoder", deadiff=loader, image=others, batch_mode="one per latent"
+        )
+    model = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        **extra,
+    )[0]
     if windowing == "comfy" and comfy.module("DEADiffTest_SlidingContext").core_windows_handle_batches():
-        model = context_windows_node(comfy, g, model, context_length=WINDOW, context_overlap=4,
-                                     context_schedule="standard_static", fuse_method="pyramid", dim=0)
+        model = context_windows_node(
+            comfy,
+            g,
+            model,
+            context_length=WINDOW,
+            context_overlap=4,
+            context_schedule="standard_static",
+            fuse_method="pyramid",
+            dim=0,
+        )
     elif windowing == "comfy":  # ComfyUI 0.3.75: its own handler, with the step lookup of later versions
         model = g.node("DEADiffTest_BatchContextWindows", model=model, context_length=WINDOW, context_overlap=4)[0]
     elif windowing == "animatediff":
@@ -85,8 +111,18 @@ def graph(comfy, deadiff_name, windowing, *, roll=0, noise=True, masks=False, ne
     sampler = g.node("KSamplerSelect", sampler_name="euler")
     sigmas = g.node("BasicScheduler", model=tiny[0], scheduler="normal", steps=3, denoise=1.0)
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=LATENTS)
-    sample = g.node("SamplerCustom", model=model, add_noise=noise, noise_seed=3, cfg=6.0, positive=pos,
-                    negative=neg, sampler=sampler, sigmas=sigmas, latent_image=latent)
+    sample = g.node(
+        "SamplerCustom",
+        model=model,
+        add_noise=noise,
+        noise_seed=3,
+        cfg=6.0,
+        positive=pos,
+        negative=neg,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key=key)
     return g.prompt, sample
 
@@ -136,6 +172,7 @@ def test_windows_follow_per_latent_masks_and_negatives(comfy, deadiff_name, wind
 
 # ---------------------------------------------------------------- one site, the window as ComfyUI hands it
 
+
 class Window:
     """What a context window looks like to an attention patch: index_list and dim (0.3.75), plus
     total_frames and, for windows after the first, causal_anchor_index (newer ComfyUI)."""
@@ -154,25 +191,55 @@ def call_node(comfy, node_id, **inputs):
 
 
 def call_site(patch, q, k, v, order, shape, **extra):
-    return patch(q, k, v, {"n_heads": HEADS, "cond_or_uncond": list(order), "attn_precision": None,
-                           "sigmas": torch.ones(q.shape[0]), "activations_shape": shape, **extra})
+    return patch(
+        q,
+        k,
+        v,
+        {
+            "n_heads": HEADS,
+            "cond_or_uncond": list(order),
+            "attn_precision": None,
+            "sigmas": torch.ones(q.shape[0]),
+            "activations_shape": shape,
+            **extra,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
 def per_latent_patch(comfy, deadiff_name, official_sd):
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
-    (images,) = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=30, width=32, height=32, batch_size=LATENTS,
-                          channels=3)
+    (images,) = call_node(
+        comfy, "DEADiffTest_ImageFromSeed", seed=30, width=32, height=32, batch_size=LATENTS, channels=3
+    )
     (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images, batch_mode="one per latent")
-    (negative,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images.flip(0),
-                            batch_mode="one per latent")
+    (negative,) = call_node(
+        comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images.flip(0), batch_mode="one per latent"
+    )
     masks = torch.rand(LATENTS, 3, 4, generator=torch.Generator().manual_seed(2))
     (tiny, _, _) = call_node(comfy, "DEADiffTest_TinySD15", seed=0)
-    (model,) = call_node(comfy, "DEADiffApply", model=tiny, deadiff=deadiff, style_weight=0.9, content_weight=1.0,
-                         start_at=0.0, end_at=1.0, style=style, attn_mask=masks, negative_style=negative)
+    (model,) = call_node(
+        comfy,
+        "DEADiffApply",
+        model=tiny,
+        deadiff=deadiff,
+        style_weight=0.9,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+        attn_mask=masks,
+        negative_style=negative,
+    )
     patch = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
-    return {"patch": patch, "style": style.tokens, "negative": negative.tokens, "masks": masks,
-            "i_to_k": official_sd[SITE_KEY + "i_to_k.weight"].float(), "i_to_v": official_sd[SITE_KEY + "i_to_v.weight"].float()}
+    return {
+        "patch": patch,
+        "style": style.tokens,
+        "negative": negative.tokens,
+        "masks": masks,
+        "i_to_k": official_sd[SITE_KEY + "i_to_k.weight"].float(),
+        "i_to_v": official_sd[SITE_KEY + "i_to_v.weight"].float(),
+    }
 
 
 def expected_site(s, q, k, v, indices, order):
@@ -182,22 +249,27 @@ def expected_site(s, q, k, v, indices, order):
     for c_i, c in enumerate(order):
         for j, index in enumerate(indices):
             b = c_i * chunk + j
-            tokens = (s["negative"] if c == 1 else s["style"])[index:index + 1]
+            tokens = (s["negative"] if c == 1 else s["style"])[index : index + 1]
             e = 0.9 * tokens
-            keys = torch.cat([k[b:b + 1], e @ s["i_to_k"].T], 1)
-            values = torch.cat([v[b:b + 1], e @ s["i_to_v"].T], 1)
+            keys = torch.cat([k[b : b + 1], e @ s["i_to_k"].T], 1)
+            values = torch.cat([v[b : b + 1], e @ s["i_to_v"].T], 1)
             bias = torch.zeros(1, q.shape[1], keys.shape[1])
-            bias[0, :, k.shape[1]:] = torch.log(s["masks"][index].flatten())[:, None]
-            rows.append(ref.attention_with_bias(q[b:b + 1], keys, values, HEADS, bias))
+            bias[0, :, k.shape[1] :] = torch.log(s["masks"][index].flatten())[:, None]
+            rows.append(ref.attention_with_bias(q[b : b + 1], keys, values, HEADS, bias))
     return torch.cat(rows)
 
 
-@pytest.mark.parametrize("window,indices", [
-    ({"context_window": Window(range(4, 12))}, list(range(4, 12))),                        # ComfyUI 0.3.75
-    ({"context_window": Window(range(8, 16), total_frames=16, anchor=7)}, [7, *range(8, 16)]),  # newer ComfyUI
-    ({"ad_params": {"full_length": 16, "context_length": 8, "sub_idxs": [14, 15, 0, 1, 2, 3, 4, 5]}},
-     [14, 15, 0, 1, 2, 3, 4, 5]),                                                           # AnimateDiff, looped
-])
+@pytest.mark.parametrize(
+    "window,indices",
+    [
+        ({"context_window": Window(range(4, 12))}, list(range(4, 12))),  # ComfyUI 0.3.75
+        ({"context_window": Window(range(8, 16), total_frames=16, anchor=7)}, [7, *range(8, 16)]),  # newer ComfyUI
+        (
+            {"ad_params": {"full_length": 16, "context_length": 8, "sub_idxs": [14, 15, 0, 1, 2, 3, 4, 5]}},
+            [14, 15, 0, 1, 2, 3, 4, 5],
+        ),  # AnimateDiff, looped
+    ],
+)
 def test_site_follows_the_window_indices(per_latent_patch, window, indices):
     gen = torch.Generator().manual_seed(len(indices))
     order = (1, 0)
@@ -213,15 +285,32 @@ def test_without_a_window_nothing_changes_and_wrong_sizes_are_named(per_latent_p
     q = torch.randn(2 * LATENTS, 12, 32)
     k, v = torch.randn(2 * LATENTS, 77, 32), torch.randn(2 * LATENTS, 77, 32)
     whole = call_site(s["patch"], q, k, v, (0, 1), [q.shape[0], 32, 3, 4])
-    not_sliding = call_site(s["patch"], q, k, v, (0, 1), [q.shape[0], 32, 3, 4],
-                            ad_params={"full_length": 16, "context_length": 16, "sub_idxs": None})
+    not_sliding = call_site(
+        s["patch"],
+        q,
+        k,
+        v,
+        (0, 1),
+        [q.shape[0], 32, 3, 4],
+        ad_params={"full_length": 16, "context_length": 16, "sub_idxs": None},
+    )
     assert torch.equal(whole, not_sliding)
     torch.testing.assert_close(whole, expected_site(s, q, k, v, list(range(LATENTS)), (0, 1)), rtol=1e-5, atol=1e-5)
     q8 = q[:16]
-    with pytest.raises(ValueError, match=r"tokens: 16 given.*latent batch has 20 images \(sampled in context "
-                                         r"windows of 8\)"):
-        call_site(s["patch"], q8, k[:16], v[:16], (0, 1), [16, 32, 3, 4],
-                  context_window=Window(range(12, 20), total_frames=20))
+    with pytest.raises(
+        ValueError,
+        match=r"tokens: 16 given.*latent batch has 20 images \(sampled in context "
+        r"windows of 8\)",
+    ):
+        call_site(
+            s["patch"],
+            q8,
+            k[:16],
+            v[:16],
+            (0, 1),
+            [16, 32, 3, 4],
+            context_window=Window(range(12, 20), total_frames=20),
+        )
     with pytest.raises(ValueError, match=r"tokens: 16 given.*at least 20 images"):
         call_site(s["patch"], q8, k[:16], v[:16], (0, 1), [16, 32, 3, 4], context_window=Window(range(12, 20)))
 
@@ -235,9 +324,13 @@ def test_window_indices_are_the_latents_comfys_handler_slices(comfy, schedule):
     import comfy.context_windows as cw
 
     latent_window = sys.modules[comfy.pack.__name__.rsplit(".", 1)[0] + ".latent_window"].latent_window
-    handler = cw.IndexListContextHandler(cw.get_matching_context_schedule(schedule),
-                                         cw.get_matching_fuse_method("pyramid"), context_length=WINDOW,
-                                         context_overlap=4, dim=0)
+    handler = cw.IndexListContextHandler(
+        cw.get_matching_context_schedule(schedule),
+        cw.get_matching_fuse_method("pyramid"),
+        context_length=WINDOW,
+        context_overlap=4,
+        dim=0,
+    )
     model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0].model
     x = torch.arange(float(LATENTS)).view(LATENTS, 1, 1, 1).expand(LATENTS, 4, 2, 2).contiguous()
     sigmas = torch.tensor([10.0, 5.0, 1.0, 0.0])
@@ -251,7 +344,7 @@ def test_window_indices_are_the_latents_comfys_handler_slices(comfy, schedule):
     for step in range(3):
         options = {"transformer_options": {"sample_sigmas": sigmas}}
         # one timestep for the batch: ComfyUI 0.3.75's handler cannot look up the step from one per latent
-        handler.execute(cond_batch, model, [[{"model_conds": {}}]], x, sigmas[step:step + 1], options)
+        handler.execute(cond_batch, model, [[{"model_conds": {}}]], x, sigmas[step : step + 1], options)
     assert len(seen) >= 6 and any(sliced[0] != 0 for _, sliced in seen)
     for window, sliced in seen:
         assert window is not None and list(window.indices) == sliced

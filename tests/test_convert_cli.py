@@ -1,5 +1,6 @@
 """deadiff-convert as the README says to run it: from the pack's folder inside a ComfyUI, and from
 ComfyUI's root in a Python that has ComfyUI's requirements but not this pack installed."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,15 @@ def plain_python(*args, cwd: Path):
     the environment's packages on the path: what a plain ComfyUI environment looks like to the pack."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
-    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600, preexec_fn=lambda: os.umask(0o022))
+    return subprocess.run(
+        [sys.executable, "-S", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.umask(0o022),
+    )
 
 
 def readable_mode(path: Path) -> int:
@@ -55,13 +63,15 @@ def test_from_the_packs_folder_writes_next_to_the_input(comfy_tree):
 def test_from_comfyuis_root_by_path(comfy_tree):
     check = plain_python("-c", "import deadiff_core", cwd=comfy_tree)
     assert check.returncode != 0 and "No module named 'deadiff_core'" in check.stderr  # a plain environment
-    result = plain_python("custom_nodes/ComfyUI-DEADiff/scripts/convert.py", "models/deadiff/deadiff_v1.ckpt",
-                          cwd=comfy_tree)
+    result = plain_python(
+        "custom_nodes/ComfyUI-DEADiff/scripts/convert.py", "models/deadiff/deadiff_v1.ckpt", cwd=comfy_tree
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     compact = comfy_tree / "models" / "deadiff" / "deadiff_v1_compact.safetensors"
     assert compact.is_file() and readable_mode(compact) == 0o644
-    again = plain_python("custom_nodes/ComfyUI-DEADiff/scripts/convert.py", "models/deadiff/deadiff_v1.ckpt",
-                         cwd=comfy_tree)
+    again = plain_python(
+        "custom_nodes/ComfyUI-DEADiff/scripts/convert.py", "models/deadiff/deadiff_v1.ckpt", cwd=comfy_tree
+    )
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
 
 

@@ -1,5 +1,6 @@
 """Reading DEADiff files: every accepted format gives the same model, every bad file one clear error,
 and no file can run code."""
+
 from __future__ import annotations
 
 import io
@@ -38,6 +39,7 @@ def tokens(model):
 
 # ------------------------------------------------------------------ formats
 
+
 def test_ckpt_safetensors_and_compact_give_the_same_tokens(files, capsys):
     folder = files["folder"]
     from_ckpt = tokens(load_deadiff(files["ckpt"]))
@@ -58,8 +60,18 @@ def test_compact_holds_only_deadiff_tensors_with_metadata(files):
     out = folder / "meta.safetensors"
     assert convert_main([str(files["ckpt"]), str(out), "--force"]) == 0
     kept = load_file(str(out))
-    assert not any(k.startswith(("model.diffusion_model.input_blocks.0", "first_stage_model.", "cond_stage_model.",
-                                 "content_blip.visual_encoder.", "ctx_embeddings")) for k in kept)
+    assert not any(
+        k.startswith(
+            (
+                "model.diffusion_model.input_blocks.0",
+                "first_stage_model.",
+                "cond_stage_model.",
+                "content_blip.visual_encoder.",
+                "ctx_embeddings",
+            )
+        )
+        for k in kept
+    )
     assert not any(".cls." in k or "itm_head" in k or "position_ids" in k for k in kept)
     assert sum(".i_to_" in k for k in kept) == 32
     assert all(v.dtype == torch.float16 for v in kept.values())
@@ -87,16 +99,36 @@ def test_convert_refuses_to_overwrite_and_reports_bad_sources(files, tmp_path, c
 
 # ------------------------------------------------------------------ shapes come from the file
 
+
 @settings(max_examples=15, deadline=None)
-@given(vision_width=st.sampled_from([64, 128]), vision_layers=st.integers(1, 3),
-       patch=st.sampled_from([16, 28, 56]), hidden=st.sampled_from([64, 128]), layers=st.integers(1, 3),
-       intermediate=st.sampled_from([96, 256]), queries=st.integers(1, 20), channels=st.sampled_from([8, 24]))
-def test_dimensions_are_inferred_from_shapes(tmp_path_factory, vision_width, vision_layers, patch, hidden, layers,
-                                             intermediate, queries, channels):
+@given(
+    vision_width=st.sampled_from([64, 128]),
+    vision_layers=st.integers(1, 3),
+    patch=st.sampled_from([16, 28, 56]),
+    hidden=st.sampled_from([64, 128]),
+    layers=st.integers(1, 3),
+    intermediate=st.sampled_from([96, 256]),
+    queries=st.integers(1, 20),
+    channels=st.sampled_from([8, 24]),
+)
+def test_dimensions_are_inferred_from_shapes(
+    tmp_path_factory, vision_width, vision_layers, patch, hidden, layers, intermediate, queries, channels
+):
     sd = deadiff_fakes.make_official_state_dict(
-        seed=1, frozen_parts=False, vision_width=vision_width, vision_layers=vision_layers, patch_size=patch,
-        image_size=patch * 4, qformer_hidden=hidden, qformer_layers=layers, qformer_intermediate=intermediate,
-        num_query_tokens=queries, vocab_size=4200, max_positions=8, model_channels=channels)
+        seed=1,
+        frozen_parts=False,
+        vision_width=vision_width,
+        vision_layers=vision_layers,
+        patch_size=patch,
+        image_size=patch * 4,
+        qformer_hidden=hidden,
+        qformer_layers=layers,
+        qformer_intermediate=intermediate,
+        num_query_tokens=queries,
+        vocab_size=4200,
+        max_positions=8,
+        model_channels=channels,
+    )
     path = deadiff_fakes.write_official_safetensors(tmp_path_factory.mktemp("dims") / "d.safetensors", sd)
     _, c, _ = read_deadiff_tensors(str(path))
     dims = (c.vision_width, c.vision_layers, c.patch_size, c.image_size)
@@ -110,6 +142,7 @@ def test_dimensions_are_inferred_from_shapes(tmp_path_factory, vision_width, vis
 
 # ------------------------------------------------------------------ bad files (the corpus: tests/bad_files.py)
 
+
 def test_pickle_payloads_never_run(files, tmp_path):
     """The hostile corpus has its own tests (tests/test_hostile_files.py); here the three container
     formats with the simplest payload: each refused as unsafe, by name, and nothing runs."""
@@ -117,8 +150,9 @@ def test_pickle_payloads_never_run(files, tmp_path):
     evil_ckpt = tmp_path / "evil.ckpt"  # a real torch zip DEADiff checkpoint whose extras carry the payload
     torch.save({"state_dict": dict(files["sd"]), "callbacks": RunsCode(marker)}, evil_ckpt)
     legacy = tmp_path / "legacy.ckpt"  # torch's legacy (non-zip) format
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(marker)}, legacy,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": {"x": torch.zeros(1)}, "hook": RunsCode(marker)}, legacy, _use_new_zipfile_serialization=False
+    )
     bare = _write(tmp_path / "bare.ckpt", pickle.dumps(RunsCode(marker)))
     for path in (evil_ckpt, legacy, bare):
         with pytest.raises(DEADiffUnsafeFileError, match=f"is unsafe: its pickle names {os.system.__module__}.system"):
@@ -163,6 +197,7 @@ def test_state_dict_at_top_level_is_accepted(files, tmp_path):
 
 # ------------------------------------------------------------------ the fakes are the official layout
 
+
 def test_fakes_at_full_size_reproduce_the_official_key_list():
     """Every key, shape and dtype of tests/data/deadiff_checkpoint_keys.tsv, from the generator's formulas."""
     generated = deadiff_fakes.official_shapes(**deadiff_fakes.FULL_SIZE)
@@ -171,12 +206,15 @@ def test_fakes_at_full_size_reproduce_the_official_key_list():
     for key, shape, dtype in deadiff_fakes.official_table():
         if key in generated:
             assert generated[key] == (shape, dtype), key
-    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) or "." not in k
-               for k in frozen)
+    assert all(
+        k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) or "." not in k
+        for k in frozen
+    )
     assert not any(".i_to_" in k for k in frozen)
 
 
 # ------------------------------------------------------------------ how a .ckpt is read
+
 
 def test_only_the_kept_records_of_a_ckpt_are_read(files, tmp_path):
     """The frozen UNet / VAE / text encoder records are never touched: a .ckpt without them loads."""
@@ -190,7 +228,7 @@ def test_only_the_kept_records_of_a_ckpt_are_read(files, tmp_path):
     from deadiff_core.checkpoint import _ZipCheckpoint
 
     lazy = _ZipCheckpoint(str(files["ckpt"]))._lazy
-    needed = {f"{pkl[:-len('data.pkl')]}data/{lazy[k].key}" for k in kept}
+    needed = {f"{pkl[: -len('data.pkl')]}data/{lazy[k].key}" for k in kept}
     dropped = 0
     with zipfile.ZipFile(hollow, "w") as out:
         for name in names:
@@ -210,6 +248,7 @@ def test_a_safetensors_file_is_recognised_whatever_its_name(files, tmp_path):
 
 
 # ------------------------------------------------------------------ dtypes
+
 
 def test_loading_in_half_precision_casts_every_tensor_and_encodes_close_to_fp32(files):
     full = load_deadiff(files["ckpt"])
@@ -233,8 +272,9 @@ def test_compact_files_of_another_format_version_are_refused(files, tmp_path):
     meta = dict(safe_open(str(out), "pt").metadata())
     meta["format_version"] = "99"
     save_file(tensors, str(tmp_path / "future.safetensors"), metadata=meta)
-    with pytest.raises(DEADiffCheckpointError, match="future.safetensors: is a deadiff-compact file of format version "
-                                                     "'99'"):
+    with pytest.raises(
+        DEADiffCheckpointError, match="future.safetensors: is a deadiff-compact file of format version '99'"
+    ):
         load_deadiff(tmp_path / "future.safetensors")
 
 

@@ -1,4 +1,5 @@
 """deadiff_core's encoders against the plain reference of docs/design.md §2-§4 (tests/reference_deadiff.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,9 @@ def test_batch_items_are_encoded_independently(official):
     images = torch.rand(3, 48, 48, 3, generator=torch.Generator().manual_seed(2))
     batch = model.encoder.encode(images, "style")
     for i in range(3):
-        torch.testing.assert_close(batch[i:i + 1], model.encoder.encode(images[i:i + 1], "style"),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            batch[i : i + 1], model.encoder.encode(images[i : i + 1], "style"), rtol=1e-5, atol=1e-6
+        )
     assert (batch[0] - batch[1]).abs().max() > 1e-3
 
 
@@ -94,11 +96,19 @@ def test_identical_copies_are_shared_and_nothing_else_is_kept(official):
     sd, model = official
     assert model.config.shared_vision and list(model.encoder.vision) == ["shared"]
     kept = sum(p.numel() for p in model.parameters())
-    deadiff_only = sum(v.numel() for k, v in sd.items()
-                       if (k.startswith(("style_", "content_proj")) or k.startswith("content_blip.Qformer.bert")
-                           or k == "content_blip.query_tokens" or ".i_to_" in k)
-                       and ".cls." not in k and not k.endswith("position_ids")
-                       and not k.startswith(("style_blip.itm", "style_blip.text_proj", "style_blip.vision_proj"))
-                       and k != "style_blip.temp")
+    deadiff_only = sum(
+        v.numel()
+        for k, v in sd.items()
+        if (
+            k.startswith(("style_", "content_proj"))
+            or k.startswith("content_blip.Qformer.bert")
+            or k == "content_blip.query_tokens"
+            or ".i_to_" in k
+        )
+        and ".cls." not in k
+        and not k.endswith("position_ids")
+        and not k.startswith(("style_blip.itm", "style_blip.text_proj", "style_blip.vision_proj"))
+        and k != "style_blip.temp"
+    )
     # + the unused post_layernorm that transformers' CLIP module carries (2 * width)
     assert kept == deadiff_only + 2 * model.config.vision_width

@@ -1,5 +1,6 @@
 """Progress and timing while loading and converting a DEADiff file (deadiff_core; the loader node
 drives ComfyUI's progress bar and logs LoadReport.message() from these)."""
+
 from __future__ import annotations
 
 import pytest
@@ -85,7 +86,8 @@ def test_converting_reports_records_then_hash_blocks_then_the_write(official, tm
     total = records + blocks + 1
     assert calls == [(i, total) for i in range(1, total + 1)]
     assert sizes["seconds"] > 0 and sizes["tensors"] == len(kept(sd)) - sum(
-        k.startswith("content_blip.") and is_vision(k) for k in kept(sd))
+        k.startswith("content_blip.") and is_vision(k) for k in kept(sd)
+    )
 
 
 def test_progress_callbacks_are_optional_and_change_nothing(official, tmp_path):

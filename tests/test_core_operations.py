@@ -4,6 +4,7 @@ The host here is a plain stand-in with the four layer classes (subclasses of tor
 every call and, like ComfyUI's cast-on-call layers, take their weight to the input's dtype): no
 ComfyUI is involved. tests/test_model_management.py checks the same with ComfyUI's comfy.ops.
 """
+
 from __future__ import annotations
 
 import types
@@ -67,7 +68,9 @@ def test_every_layer_is_the_hosts_and_the_tokens_are_unchanged(files):
     for branch in ("style", "content"):
         CALLS.clear()
         tokens = hosted.encoder.encode(images, branch)
-        assert {"Linear", "Conv2d", "LayerNorm", "Embedding"} <= set(CALLS), "the forward goes through the host's layers"
+        assert {"Linear", "Conv2d", "LayerNorm", "Embedding"} <= set(CALLS), (
+            "the forward goes through the host's layers"
+        )
         assert torch.equal(tokens, plain.encoder.encode(images, branch))
         assert ((tokens - ref.encode(sd, images, branch)).abs().max() / tokens.abs().max()) < 1e-5
 

@@ -1,5 +1,6 @@
 """The encoders' reference options (resize_mode, pad_color, reference_mask), the preview and the
 per-image progress, against the plain reference of SPEC §2 (tests/reference_deadiff.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,6 +36,7 @@ def rand(*shape, seed=0):
 def encode_as_before(model, images, branch):
     """DualEncoder.encode as it was before the options existed (commit 929ac55), step for step."""
     from deadiff_core.preprocess import CLIP_MEAN, CLIP_STD
+
     encoder = model.encoder
     x = images if images.ndim == 4 else images.unsqueeze(0)
     x = (x.expand(-1, -1, -1, 3) if x.shape[-1] == 1 else x[..., :3]).float().movedim(-1, 1)
@@ -44,13 +46,16 @@ def encode_as_before(model, images, branch):
         image_tokens = encoder.tower(branch)(x)
         qformer = encoder.qformers[branch]
         b = image_tokens.shape[0]
-        out = qformer.bert(input_ids=qformer.text_ids.expand(b, -1),
-                           query_embeds=qformer.query_tokens.expand(b, -1, -1),
-                           encoder_hidden_states=image_tokens).last_hidden_state
-        return encoder.projs[branch](out[:, :qformer.query_tokens.shape[1]])
+        out = qformer.bert(
+            input_ids=qformer.text_ids.expand(b, -1),
+            query_embeds=qformer.query_tokens.expand(b, -1, -1),
+            encoder_hidden_states=image_tokens,
+        ).last_hidden_state
+        return encoder.projs[branch](out[:, : qformer.query_tokens.shape[1]])
 
 
 # ------------------------------------------------------------------ the defaults do not move
+
 
 @pytest.mark.parametrize("branch", ["style", "content"])
 def test_defaults_are_bit_identical_to_the_encoder_before_the_options(official, branch):
@@ -58,8 +63,9 @@ def test_defaults_are_bit_identical_to_the_encoder_before_the_options(official, 
     for images in (rand(3, 64, 96, 3, seed=1), rand(1, 300, 200, 4, seed=2), rand(2, 37, 50, 1, seed=3)):
         before = encode_as_before(model, images, branch)
         assert torch.equal(model.encoder.encode(images, branch), before)
-        assert torch.equal(model.encoder.encode(images, branch, resize_mode=SQUASH, pad_color="#000000",
-                                                reference_mask=None), before)
+        assert torch.equal(
+            model.encoder.encode(images, branch, resize_mode=SQUASH, pad_color="#000000", reference_mask=None), before
+        )
 
 
 def test_a_full_mask_and_a_square_image_change_nothing(official):
@@ -94,7 +100,7 @@ def make_mask(kind, batch, height, width):
     if kind == "hard":  # a rectangle that cuts patches at odd places, different per image
         mask = torch.zeros(batch, height, width)
         for i in range(batch):
-            mask[i, 20 + 30 * i: height - 45, 50: width - 10 * i] = 1.0
+            mask[i, 20 + 30 * i : height - 45, 50 : width - 10 * i] = 1.0
         return mask
     ys = torch.linspace(0, 1, height).view(1, -1, 1)
     xs = torch.linspace(0, 1, width).view(1, 1, -1)
@@ -151,12 +157,14 @@ def test_pad_colour_is_used_and_parsed():
 
 # ------------------------------------------------------------------ the preview
 
+
 def tower_input(model, branch, call):
     """The pixel_values the vision tower receives during `call()`."""
     seen = []
     module = model.encoder.tower(branch).clip
-    handle = module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["pixel_values"]),
-                                              with_kwargs=True)
+    handle = module.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True
+    )
     try:
         call()
     finally:
@@ -181,8 +189,8 @@ def test_the_preview_dims_the_patches_the_qformer_does_not_read(official):
     _, model = official
     images = rand(2, 224, 320, 3, seed=17)
     mask = torch.zeros(224, 320)
-    mask[:, 48:48 + 64] = 1.0  # exactly the two left patch columns of the cropped square (32 px patches)
-    mask[:112, 48 + 64:48 + 80] = 1.0  # half of the third column's upper patches' width
+    mask[:, 48 : 48 + 64] = 1.0  # exactly the two left patch columns of the cropped square (32 px patches)
+    mask[:112, 48 + 64 : 48 + 80] = 1.0  # half of the third column's upper patches' width
     kw = dict(resize_mode=CENTER_CROP)
     plain = model.encoder.preview(images, **kw)
     masked = model.encoder.preview(images, reference_mask=mask, **kw)
@@ -195,32 +203,39 @@ def test_the_preview_dims_the_patches_the_qformer_does_not_read(official):
 
 # ------------------------------------------------------------------ progress and errors
 
+
 def test_progress_is_reported_per_image_and_each_image_is_encoded_as_alone(official):
     _, model = official
     images = rand(4, 64, 80, 3, seed=18)
     mask = make_mask("soft", 4, 64, 80)
     calls = []
-    tokens = model.encoder.encode(images, "style", resize_mode=PAD, reference_mask=mask,
-                                  progress=lambda done, total: calls.append((done, total)))
+    tokens = model.encoder.encode(
+        images, "style", resize_mode=PAD, reference_mask=mask, progress=lambda done, total: calls.append((done, total))
+    )
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     for i in range(4):
-        alone = model.encoder.encode(images[i:i + 1], "style", resize_mode=PAD, reference_mask=mask[i:i + 1])
-        assert torch.equal(tokens[i:i + 1], alone)
-    torch.testing.assert_close(tokens, model.encoder.encode(images, "style", resize_mode=PAD, reference_mask=mask),
-                               rtol=1e-5, atol=1e-6)
+        alone = model.encoder.encode(images[i : i + 1], "style", resize_mode=PAD, reference_mask=mask[i : i + 1])
+        assert torch.equal(tokens[i : i + 1], alone)
+    torch.testing.assert_close(
+        tokens, model.encoder.encode(images, "style", resize_mode=PAD, reference_mask=mask), rtol=1e-5, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("mask,words", [
-    (torch.zeros(64, 80), "reference_mask is all 0: the encoder would read nothing"),
-    (torch.zeros(3, 64, 80), "reference_mask has 3 masks for 2 reference images"),
-    (torch.zeros(1, 1, 64, 80), r"reference_mask must be a MASK of shape \(height, width\)"),
-    (torch.zeros(0, 64, 80), r"reference_mask must be a MASK of shape"),
-])
+@pytest.mark.parametrize(
+    "mask,words",
+    [
+        (torch.zeros(64, 80), "reference_mask is all 0: the encoder would read nothing"),
+        (torch.zeros(3, 64, 80), "reference_mask has 3 masks for 2 reference images"),
+        (torch.zeros(1, 1, 64, 80), r"reference_mask must be a MASK of shape \(height, width\)"),
+        (torch.zeros(0, 64, 80), r"reference_mask must be a MASK of shape"),
+    ],
+)
 def test_bad_masks_are_refused_clearly(official, mask, words):
     _, model = official
     with pytest.raises(ValueError, match=words):
-        model.encoder.encode(rand(2 if mask.ndim == 3 and mask.shape[0] == 3 else 1, 64, 80, 3), "style",
-                             reference_mask=mask)
+        model.encoder.encode(
+            rand(2 if mask.ndim == 3 and mask.shape[0] == 3 else 1, 64, 80, 3), "style", reference_mask=mask
+        )
 
 
 def test_an_empty_mask_names_its_image_and_nan_counts_as_zero(official):

@@ -1,4 +1,5 @@
 """deadiff_core alone: token sets (mixing, batches, files), routing text, the weights fingerprint."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ from deadiff_core.routing import Route, Routing, RoutingError
 
 def tokens(seed, items=1, count=16, width=8, source="abc", branch="style", per_latent=False):
     gen = torch.Generator().manual_seed(seed)
-    return DEADiffTokens(branch, torch.randn(items, count, width, generator=gen), source, per_latent=per_latent,
-                         references=tuple(f"r{seed}-{i}" for i in range(items)), source_name="file.ckpt")
+    return DEADiffTokens(
+        branch,
+        torch.randn(items, count, width, generator=gen),
+        source,
+        per_latent=per_latent,
+        references=tuple(f"r{seed}-{i}" for i in range(items)),
+        source_name="file.ckpt",
+    )
 
 
 def test_weighted_sum_is_the_normalised_blend():
@@ -74,7 +81,12 @@ def test_saved_tokens_round_trip_with_metadata(tmp_path):
     loaded, meta = load_tokens(str(tmp_path / "t.safetensors"))
     assert torch.equal(loaded.tokens, original.tokens)
     assert (loaded.branch, loaded.source, loaded.per_latent, loaded.references, loaded.source_name) == (
-        "content", "abc", True, original.references, "file.ckpt")
+        "content",
+        "abc",
+        True,
+        original.references,
+        "file.ckpt",
+    )
     assert json.loads(meta["dims"]) == {"references": 2, "tokens": 16, "width": 8}
 
 
@@ -88,6 +100,7 @@ def test_loading_anything_else_is_refused_clearly(tmp_path):
         load_tokens(str(path))
     save_tokens(str(path), tokens(1))
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     for change, message in (({"format_version": "9"}, "format version '9'"), ({"branch": "colour"}, "branch must be")):
@@ -104,9 +117,12 @@ def test_weights_fingerprint_names_the_weights_not_the_file(tmp_path):
     ckpt = deadiff_fakes.write_official_ckpt(tmp_path / "a.ckpt", sd)
     convert(str(ckpt), str(tmp_path / "c16.safetensors"), "fp16")
     convert(str(ckpt), str(tmp_path / "c32.safetensors"), "fp32")
-    prints = {load_deadiff(ckpt).fingerprint, load_deadiff(ckpt, dtype=torch.float16).fingerprint,
-              load_deadiff(tmp_path / "c16.safetensors").fingerprint,
-              load_deadiff(tmp_path / "c32.safetensors").fingerprint}
+    prints = {
+        load_deadiff(ckpt).fingerprint,
+        load_deadiff(ckpt, dtype=torch.float16).fingerprint,
+        load_deadiff(tmp_path / "c16.safetensors").fingerprint,
+        load_deadiff(tmp_path / "c32.safetensors").fingerprint,
+    }
     assert len(prints) == 1 and len(prints.pop()) == 16
     other = deadiff_fakes.write_official_ckpt(tmp_path / "b.ckpt", deadiff_fakes.make_official_state_dict(seed=6))
     assert load_deadiff(other).fingerprint != load_deadiff(ckpt).fingerprint
@@ -119,17 +135,31 @@ def test_routing_text():
     assert r.route(SITES[6]) is None and r.route(SITES[7]) == Route("style", 0.8)
     assert r.route(SITES[0]) == Route("style", 0.5) and r.route(SITES[9]) == Route("style", 1.0)
     assert r.route(SITES[5]) == Route("content", 0.5), "a bare number turns an 'off' site back on at its branch"
-    for text, message in (("x=1", "unknown site or group 'x'"), ("input_1", "not TARGET=VALUE"),
-                          ("input_1=blue", "'blue' is not a number"), ("input_1=style*inf", "finite")):
+    for text, message in (
+        ("x=1", "unknown site or group 'x'"),
+        ("input_1", "not TARGET=VALUE"),
+        ("input_1=blue", "'blue' is not a number"),
+        ("input_1=style*inf", "finite"),
+    ):
         with pytest.raises(RoutingError, match=message):
             Routing.parse(text)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([s.name for s in SITES] + ["all", "style", "content", "input", "output"]),
-                          st.one_of(st.just("off"), st.sampled_from(["style", "content"]),
-                                    st.floats(-4, 4, allow_nan=False).map(lambda f: f"{f:g}"),
-                                    st.floats(0, 3).map(lambda f: f"content*{f:g}"))), max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([s.name for s in SITES] + ["all", "style", "content", "input", "output"]),
+            st.one_of(
+                st.just("off"),
+                st.sampled_from(["style", "content"]),
+                st.floats(-4, 4, allow_nan=False).map(lambda f: f"{f:g}"),
+                st.floats(0, 3).map(lambda f: f"content*{f:g}"),
+            ),
+        ),
+        max_size=8,
+    )
+)
 def test_routing_describe_parses_back(entries):
     routing = Routing.parse(", ".join(f"{t}={v}" for t, v in entries))
     assert Routing.parse(routing.describe()).routes == routing.routes

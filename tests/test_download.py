@@ -1,5 +1,6 @@
 """Downloading the weights on request (deadiff_core.download) against a stand-in of the hub's file API
 on 127.0.0.1, reached the way a user reaches a mirror: HF_ENDPOINT. huggingface_hub itself is real."""
+
 from __future__ import annotations
 
 import hashlib

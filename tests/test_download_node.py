@@ -1,6 +1,7 @@
 """(Down)load DEADiff Model inside a real ComfyUI: nothing is fetched until a prompt with the node runs; then
 deadiff_v1.ckpt comes from the hub (a stand-in on 127.0.0.1 behind HF_ENDPOINT) into models/deadiff with
 ComfyUI's progress bar, and the node outputs the loaded DEADiff model; a second prompt only loads it."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,9 @@ def test_downloads_on_run_with_progress_then_only_loads(comfy, download_node, hu
     loaded = g.node(NODE, file="deadiff_v1.ckpt", convert_to_compact=False)
     g.node("DEADiffTest_Keep", value=loaded, key="downloaded-deadiff")
     steps = []
-    comfy_utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None, **_: steps.append(
-        (node_id, value, total)))
+    comfy_utils.set_progress_bar_global_hook(
+        lambda value, total, preview=None, node_id=None, **_: steps.append((node_id, value, total))
+    )
     try:
         comfy.run(g.prompt)
     finally:

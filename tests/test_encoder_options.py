@@ -6,6 +6,7 @@ progress and logs its time, and Save Tokens reports the name Load Style lists.
 The math of each option is checked against the plain reference in tests/test_core_preprocess_options.py;
 here the question is whether the nodes pass the user's choices through and show what they did.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,13 +22,15 @@ NAME = "tiny_options.ckpt"
 
 @pytest.fixture(scope="module")
 def setup(comfy):
-    deadiff_fakes.write_official_ckpt(comfy.base / "models" / "deadiff" / NAME,
-                                      deadiff_fakes.make_official_state_dict(seed=31))
+    deadiff_fakes.write_official_ckpt(
+        comfy.base / "models" / "deadiff" / NAME, deadiff_fakes.make_official_state_dict(seed=31)
+    )
     g = Graph()
     loader = g.node("DEADiffModelLoader", deadiff_name=NAME)
     images = g.node("DEADiffTest_ImageFromSeed", seed=5, width=56, height=32, batch_size=2, channels=3)
-    mask = g.node("DEADiffTest_MaskFromSeed", seed=6, width=56, height=32, batch_size=1, low=0.0, high=1.0,
-                  nan_fraction=0.0)
+    mask = g.node(
+        "DEADiffTest_MaskFromSeed", seed=6, width=56, height=32, batch_size=1, low=0.0, high=1.0, nan_fraction=0.0
+    )
     kept = {"deadiff": loader, "images": images, "mask": mask}
     for name, node in kept.items():
         g.node("DEADiffTest_Keep", value=node, key=f"options-{name}")
@@ -42,8 +45,9 @@ def run_encoder(comfy, branch: str, **options):
     images = g.node("DEADiffTest_ImageFromSeed", seed=5, width=56, height=32, batch_size=2, channels=3)
     inputs = {"deadiff": loader, "image": images, **options}
     if inputs.get("reference_mask") is True:
-        inputs["reference_mask"] = g.node("DEADiffTest_MaskFromSeed", seed=6, width=56, height=32, batch_size=1,
-                                          low=0.0, high=1.0, nan_fraction=0.0)
+        inputs["reference_mask"] = g.node(
+            "DEADiffTest_MaskFromSeed", seed=6, width=56, height=32, batch_size=1, low=0.0, high=1.0, nan_fraction=0.0
+        )
     encoder = g.node(f"DEADiff{branch.capitalize()}Encoder", **inputs)
     g.node("DEADiffTest_Keep", value=encoder[0], key="options-tokens")
     g.node("DEADiffTest_Keep", value=encoder[1], key="options-preview")
@@ -56,18 +60,27 @@ def test_defaults_give_the_tokens_of_the_encoder_before_the_options(comfy, setup
     tokens, preview = run_encoder(comfy, branch)
     encoder = setup["deadiff"].model.encoder
     # the call the node made before resize_mode / reference_mask existed (one pass, squash)
-    before = torch.cat([encoder.encode(setup["images"][i:i + 1], branch) for i in range(2)])
+    before = torch.cat([encoder.encode(setup["images"][i : i + 1], branch) for i in range(2)])
     assert torch.equal(tokens.for_attention(), before.reshape(1, -1, before.shape[-1]))
     assert preview.shape == (2, 224, 224, 3) and preview.dtype == torch.float32
 
 
 @pytest.mark.parametrize("resize_mode", ["center crop", "pad"])
 def test_resize_mode_and_mask_reach_the_encoder_and_change_the_tokens(comfy, setup, resize_mode):
-    tokens, preview = run_encoder(comfy, "style", resize_mode=resize_mode, pad_color="#204060",
-                                  reference_mask=True)
+    tokens, preview = run_encoder(comfy, "style", resize_mode=resize_mode, pad_color="#204060", reference_mask=True)
     encoder = setup["deadiff"].model.encoder
-    expected = torch.cat([encoder.encode(setup["images"][i:i + 1], "style", resize_mode=resize_mode,
-                                         pad_color="#204060", reference_mask=setup["mask"]) for i in range(2)])
+    expected = torch.cat(
+        [
+            encoder.encode(
+                setup["images"][i : i + 1],
+                "style",
+                resize_mode=resize_mode,
+                pad_color="#204060",
+                reference_mask=setup["mask"],
+            )
+            for i in range(2)
+        ]
+    )
     assert torch.equal(tokens.for_attention(), expected.reshape(1, -1, expected.shape[-1]))
     squashed, _ = run_encoder(comfy, "style")
     assert not torch.allclose(tokens.for_attention(), squashed.for_attention(), rtol=1e-3, atol=1e-4)
@@ -83,10 +96,13 @@ def test_pad_uses_the_chosen_colour_in_the_preview(comfy):
     torch.testing.assert_close(top, torch.tensor([1.0, 0.0, 0.0]).expand_as(top))
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"resize_mode": "stretch"}, "Value not in list: resize_mode"),
-    ({"pad_color": "gray"}, "pad_color must be a hex colour"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"resize_mode": "stretch"}, "Value not in list: resize_mode"),
+        ({"pad_color": "gray"}, "pad_color must be a hex colour"),
+    ],
+)
 def test_bad_options_are_refused_when_the_prompt_is_queued(comfy, change, words):
     g = Graph()
     loader = g.node("DEADiffModelLoader", deadiff_name=NAME)

@@ -1,9 +1,9 @@
 """The shareable example workflows (example_workflows/*.json), checked against the real ComfyUI.
 
 Each example is read in the front end's UI format, converted to an API prompt with the running
-ComfyUI's node definitions (tests/ui_to_api.py, over deadiff_runner/workflow_api.py), validated by ComfyUI's own `validate_prompt` with
-its ORIGINAL values (official settings, the real file names: a tiny DEADiff file is written as
-`deadiff_v1.ckpt`, and the SD1.5 checkpoint and the ControlNet are name-only placeholders that are
+ComfyUI's node definitions (tests/ui_to_api.py, over deadiff_runner/workflow_api.py), validated by
+ComfyUI's own `validate_prompt` with its ORIGINAL values (official settings, the real file names:
+a tiny DEADiff file is written as `deadiff_v1.ckpt`, and the SD1.5 checkpoint and the ControlNet are name-only placeholders that are
 never loaded), then run end to end with the checkpoint and ControlNet swapped for the test pack's
 tiny models, at 64x64 and 2 steps. Every DEADiff Apply node in an example must change its picture.
 
@@ -11,6 +11,7 @@ The saved-style pair works as a user runs it: the tokens file deadiff_load_saved
 one deadiff_saved_style writes, made by running that example in the same ComfyUI with the same
 DEADiff file the load example's loader loads (a saved style is refused for any other).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,20 +28,40 @@ from ui_to_api import MissingNodeTypes, WorkflowError, comfy_node_info, to_api, 
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
-NAMES = ("deadiff_style_transfer", "deadiff_content_transfer", "deadiff_style_and_content",
-         "deadiff_style_mixing", "deadiff_controlnet", "deadiff_lora", "deadiff_regional_styles",
-         "deadiff_style_blend", "deadiff_saved_style", "deadiff_load_saved_style")
+NAMES = (
+    "deadiff_style_transfer",
+    "deadiff_content_transfer",
+    "deadiff_style_and_content",
+    "deadiff_style_mixing",
+    "deadiff_controlnet",
+    "deadiff_lora",
+    "deadiff_regional_styles",
+    "deadiff_style_blend",
+    "deadiff_saved_style",
+    "deadiff_load_saved_style",
+)
 SAVED, LOAD_SAVED = "deadiff_saved_style", "deadiff_load_saved_style"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 DEADIFF = "deadiff_v1.ckpt"
 CANNY = "control_v11p_sd15_canny.pth"
 # docs/design.md §6, written out here rather than imported, so a change to the examples cannot pass by itself
-OFFICIAL_NEGATIVE = ("over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
-                     "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, bad "
-                     "proportions, deformed, blurry, duplicate")
-PACK_TYPES = {"DEADiffModelLoader", "DEADiffStyleEncoder", "DEADiffContentEncoder", "DEADiffApply",
-              "DEADiffMixStyles", "DEADiffMixContents", "DEADiffSaveTokens", "DEADiffLoadStyle",
-              "DEADiffLoadContent", "DEADiffRouting"}
+OFFICIAL_NEGATIVE = (
+    "over-exposure, under-exposure, saturated, duplicate, out of frame, lowres, cropped, worst "
+    "quality, low quality, jpeg artifacts, morbid, mutilated, out of frame, ugly, bad anatomy, bad "
+    "proportions, deformed, blurry, duplicate"
+)
+PACK_TYPES = {
+    "DEADiffModelLoader",
+    "DEADiffStyleEncoder",
+    "DEADiffContentEncoder",
+    "DEADiffApply",
+    "DEADiffMixStyles",
+    "DEADiffMixContents",
+    "DEADiffSaveTokens",
+    "DEADiffLoadStyle",
+    "DEADiffLoadContent",
+    "DEADiffRouting",
+}
 OUTPUT_TYPES = ("SaveImage", "DEADiffSaveTokens")
 TEST_SUBSTITUTES = {"CheckpointLoaderSimple": "DEADiffTest_TinySD15", "ControlNetLoader": "DEADiffTest_TinyControlNet"}
 
@@ -83,7 +104,7 @@ def tokens_file_path(comfy, combo_value: str) -> Path:
     """Where DEADiff Load Style / Load Content looks for a tokens_file value (' [output]': output/deadiff)
     in the ComfyUI base folder `comfy.base` (the in-process ComfyUI or the server)."""
     if combo_value.endswith(" [output]"):
-        return comfy.base / "output" / "deadiff" / combo_value[:-len(" [output]")]
+        return comfy.base / "output" / "deadiff" / combo_value[: -len(" [output]")]
     return comfy.base / "input" / "deadiff" / combo_value
 
 
@@ -189,8 +210,14 @@ def test_ui_format_is_consistent(name):
             assert models[0]["url"].startswith("https://huggingface.co/")
     # every example samples with DEADiff from a reference image, except the one that loads a saved style
     reference = "DEADiffLoadStyle" if name == LOAD_SAVED else "LoadImage"
-    assert {n["type"] for n in workflow["nodes"]} >= {"CheckpointLoaderSimple", "DEADiffModelLoader", reference,
-                                                     "DEADiffApply", "KSampler", "SaveImage"}
+    assert {n["type"] for n in workflow["nodes"]} >= {
+        "CheckpointLoaderSimple",
+        "DEADiffModelLoader",
+        reference,
+        "DEADiffApply",
+        "KSampler",
+        "SaveImage",
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,8 +231,13 @@ def check_official_sampling(prompt: dict):
     assert prompt[loader]["inputs"]["deadiff_name"] == DEADIFF
     (sampler,) = of_type(prompt, "KSampler")
     inputs = prompt[sampler]["inputs"]
-    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"], inputs["denoise"]) == \
-        (50, 8.0, "ddim", "ddim_uniform", 1.0)
+    assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"], inputs["denoise"]) == (
+        50,
+        8.0,
+        "ddim",
+        "ddim_uniform",
+        1.0,
+    )
     assert isinstance(inputs["seed"], int)
     (latent,) = of_type(prompt, "EmptyLatentImage")
     assert prompt[latent]["inputs"] == {"width": 512, "height": 512, "batch_size": 1}
@@ -417,8 +449,9 @@ def test_loaded_style_gives_the_picture_of_the_reference_it_was_saved_from(comfy
     loaded = to_api(comfy, load(LOAD_SAVED))
     saved = to_api(comfy, load(SAVED))
     (text,) = [n for n in of_type(saved, "CLIPTextEncode") if not saved[n]["inputs"]["text"].startswith("over-")]
-    (loaded_text,) = [n for n in of_type(loaded, "CLIPTextEncode")
-                      if not loaded[n]["inputs"]["text"].startswith("over-")]
+    (loaded_text,) = [
+        n for n in of_type(loaded, "CLIPTextEncode") if not loaded[n]["inputs"]["text"].startswith("over-")
+    ]
     saved[text]["inputs"]["text"] = loaded[loaded_text]["inputs"]["text"]
     (ksampler,) = of_type(saved, "KSampler")
     assert saved[ksampler]["inputs"]["seed"] == loaded[of_type(loaded, "KSampler")[0]]["inputs"]["seed"]
@@ -461,32 +494,73 @@ def test_converter_front_end_only_nodes_bypass_and_mute(comfy, example_files):
     freeu_id, reroute_id, primitive_id, muted_id = next_id, next_id + 1, next_id + 2, next_id + 3
     model_link[3], model_link[4] = freeu_id, 0
     apply["outputs"][0]["links"] = [model_link[0]]
-    workflow["nodes"].append({
-        "id": freeu_id, "type": "FreeU_V2", "pos": [0, 0], "size": [200, 100], "flags": {}, "order": 0, "mode": 4,
-        "inputs": [{"name": "model", "type": "MODEL", "link": model_link[0]}],
-        "outputs": [{"name": "MODEL", "type": "MODEL", "links": [next_link]}],
-        "properties": {}, "widgets_values": [1.3, 1.4, 0.9, 0.2]})
-    workflow["nodes"].append({
-        "id": reroute_id, "type": "Reroute", "pos": [0, 0], "size": [75, 26], "flags": {}, "order": 0, "mode": 0,
-        "inputs": [{"name": "", "type": "*", "link": next_link}],
-        "outputs": [{"name": "", "type": "MODEL", "links": [next_link + 1]}], "properties": {}})
+    workflow["nodes"].append(
+        {
+            "id": freeu_id,
+            "type": "FreeU_V2",
+            "pos": [0, 0],
+            "size": [200, 100],
+            "flags": {},
+            "order": 0,
+            "mode": 4,
+            "inputs": [{"name": "model", "type": "MODEL", "link": model_link[0]}],
+            "outputs": [{"name": "MODEL", "type": "MODEL", "links": [next_link]}],
+            "properties": {},
+            "widgets_values": [1.3, 1.4, 0.9, 0.2],
+        }
+    )
+    workflow["nodes"].append(
+        {
+            "id": reroute_id,
+            "type": "Reroute",
+            "pos": [0, 0],
+            "size": [75, 26],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [{"name": "", "type": "*", "link": next_link}],
+            "outputs": [{"name": "", "type": "MODEL", "links": [next_link + 1]}],
+            "properties": {},
+        }
+    )
     links.append([next_link, freeu_id, 0, reroute_id, 0, "MODEL"])
     links.append([next_link + 1, reroute_id, 0, sampler["id"], 0, "MODEL"])
     sampler["inputs"][0]["link"] = next_link + 1
     # a PrimitiveNode drives the sampler's seed through a converted widget
-    workflow["nodes"].append({
-        "id": primitive_id, "type": "PrimitiveNode", "pos": [0, 0], "size": [200, 80], "flags": {}, "order": 0,
-        "mode": 0, "inputs": [], "outputs": [{"name": "INT", "type": "INT", "links": [next_link + 2],
-                                               "widget": {"name": "seed"}}],
-        "properties": {"Run widget replace on values": False}, "widgets_values": [777, "fixed"]})
+    workflow["nodes"].append(
+        {
+            "id": primitive_id,
+            "type": "PrimitiveNode",
+            "pos": [0, 0],
+            "size": [200, 80],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [{"name": "INT", "type": "INT", "links": [next_link + 2], "widget": {"name": "seed"}}],
+            "properties": {"Run widget replace on values": False},
+            "widgets_values": [777, "fixed"],
+        }
+    )
     sampler["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": next_link + 2})
     links.append([next_link + 2, primitive_id, 0, sampler["id"], len(sampler["inputs"]) - 1, "INT"])
     # a muted second output
     decode = next(n for n in workflow["nodes"] if n["type"] == "VAEDecode")
-    workflow["nodes"].append({
-        "id": muted_id, "type": "PreviewImage", "pos": [0, 0], "size": [200, 200], "flags": {}, "order": 0,
-        "mode": 2, "inputs": [{"name": "images", "type": "IMAGE", "link": next_link + 3}], "outputs": [],
-        "properties": {}, "widgets_values": []})
+    workflow["nodes"].append(
+        {
+            "id": muted_id,
+            "type": "PreviewImage",
+            "pos": [0, 0],
+            "size": [200, 200],
+            "flags": {},
+            "order": 0,
+            "mode": 2,
+            "inputs": [{"name": "images", "type": "IMAGE", "link": next_link + 3}],
+            "outputs": [],
+            "properties": {},
+            "widgets_values": [],
+        }
+    )
     decode["outputs"][0]["links"].append(next_link + 3)
     links.append([next_link + 3, decode["id"], 0, muted_id, 0, "IMAGE"])
 
@@ -501,15 +575,27 @@ def test_converter_front_end_only_nodes_bypass_and_mute(comfy, example_files):
 def test_converter_checks_widgets_and_node_types(comfy):
     info = comfy_node_info(comfy.nodes)
     # the front end's extra widgets: "control after generate" after a seed, the upload button of LoadImage
-    assert [w.name for w in widget_layout(info("KSampler"))] == \
-        ["seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"]
+    assert [w.name for w in widget_layout(info("KSampler"))] == [
+        "seed",
+        None,
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+    ]
     assert [(w.name, w.sent) for w in widget_layout(info("LoadImage"))] == [("image", True), ("upload", False)]
     # V3 (comfy_api) nodes answer through GET_NODE_INFO_V1, as the server's /object_info does
     from comfy_api.internal import _ComfyNodeInternal
+
     assert issubclass(comfy.nodes.NODE_CLASS_MAPPINGS["Canny"], _ComfyNodeInternal)
     assert [w.name for w in widget_layout(info("Canny"))] == ["low_threshold", "high_threshold"]
-    assert [w.name for w in widget_layout(info("DEADiffApply"))] == \
-        ["style_weight", "content_weight", "start_at", "end_at"]
+    assert [w.name for w in widget_layout(info("DEADiffApply"))] == [
+        "style_weight",
+        "content_weight",
+        "start_at",
+        "end_at",
+    ]
 
     workflow = load("deadiff_style_transfer")
     sampler = next(n for n in workflow["nodes"] if n["type"] == "KSampler")

@@ -1,5 +1,6 @@
 """scripts/fetch_comfyui.py --archive: how the test matrix gets a ComfyUI from a source archive
 (COMFYUI_ARCHIVE), unpacked once into the cache outside the clone, with the sha256 of known archives checked."""
+
 from __future__ import annotations
 
 import importlib.util

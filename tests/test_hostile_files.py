@@ -10,6 +10,7 @@
   refusal names a global outside the pack's allowlist. The real files (the official-layout .ckpt and
   one written by pytorch_lightning) are flagged by neither picklescan's default mode nor the pack.
 """
+
 from __future__ import annotations
 
 import copyreg
@@ -21,7 +22,6 @@ import pickle
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -71,18 +71,32 @@ def test_hostile_file_is_refused_by_name_and_nothing_runs(corpus, case):
 WHERE = {
     "payloads in a DEADiff ckpt's Lightning extras": ("evil_extras/data.pkl", "(GLOBAL)", "under the key callbacks"),
     "payload nested in lists and tuples of hyper_parameters": (
-        "nested/data.pkl", "(GLOBAL)", "under the key hyper_parameters.model.stages[1][1]"),
+        "nested/data.pkl",
+        "(GLOBAL)",
+        "under the key hyper_parameters.model.stages[1][1]",
+    ),
     "payload in the state_dict's _metadata": (
-        "metadata/data.pkl", "(GLOBAL)", "under the key state_dict._metadata.style_blip.version"),
-    "legacy pickle that runs code": ("pickle 4 of the file (the data of torch's legacy format)", "(GLOBAL)",
-                                     "under the key hook"),
+        "metadata/data.pkl",
+        "(GLOBAL)",
+        "under the key state_dict._metadata.style_blip.version",
+    ),
+    "legacy pickle that runs code": (
+        "pickle 4 of the file (the data of torch's legacy format)",
+        "(GLOBAL)",
+        "under the key hook",
+    ),
     "legacy file whose system info runs shutil": (
-        "pickle 3 of the file (the system info of torch's legacy format)", "at byte 23 (GLOBAL)",
-        "under the key (the whole file)"),
+        "pickle 3 of the file (the system info of torch's legacy format)",
+        "at byte 23 (GLOBAL)",
+        "under the key (the whole file)",
+    ),
     "protocol 0 GLOBAL os.system": ("the pickle at the start of the file", "at byte 0 (GLOBAL)", ""),
     "protocol 0 INST subprocess": ("the pickle at the start of the file", "(INST)", ""),
-    "protocol 4 STACK_GLOBAL getattr and __import__": ("the pickle at the start of the file", "(STACK_GLOBAL)",
-                                                       "under the key callbacks.ModelCheckpoint"),
+    "protocol 4 STACK_GLOBAL getattr and __import__": (
+        "the pickle at the start of the file",
+        "(STACK_GLOBAL)",
+        "under the key callbacks.ModelCheckpoint",
+    ),
     "EXT1 extension code": ("the pickle at the start of the file", "at byte 2 (EXT1)", ""),
     "persistent id built by a call": ("archive/data.pkl", "(GLOBAL)", ""),
     "a training script's own class": ("custom_class/data.pkl", "(GLOBAL)", "under the key hyper_parameters.config"),
@@ -104,7 +118,7 @@ def test_the_offset_is_the_opcode_that_names_the_global(corpus):
     with pytest.raises(DEADiffUnsafeFileError) as error:
         load_deadiff(path)
     offset = int(error.value.where.split("at byte ")[1].split(" ")[0])
-    assert path.read_bytes()[offset:offset + 22] == b"isubprocess\ngetoutput\n"
+    assert path.read_bytes()[offset : offset + 22] == b"isubprocess\ngetoutput\n"
 
 
 def test_an_ext_code_registered_in_this_process_is_refused_by_its_name(corpus):
@@ -122,16 +136,52 @@ def test_an_ext_code_registered_in_this_process_is_refused_by_its_name(corpus):
 
 def test_the_corpus_covers_every_way_to_a_callable_and_every_family():
     paths = " ".join(HOSTILE_FILES)
-    for opcode in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "EXT1", "BUILD with __setstate__", "NEWOBJ",
-                   "NEWOBJ_EX", "persistent id", "lists and tuples", "_metadata", "legacy", "bare pickle"):
+    for opcode in (
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "INST",
+        "OBJ",
+        "EXT1",
+        "BUILD with __setstate__",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "persistent id",
+        "lists and tuples",
+        "_metadata",
+        "legacy",
+        "bare pickle",
+    ):
         assert opcode in paths, opcode
     for number in range(6):
         assert f"protocol {number}" in paths or number == 2 and "bare pickle" in paths
     named = " ".join(h.names + " " + " ".join(h.also) for h in HOSTILE_FILES.values())
-    for family in ("os.", "posix.", "nt.", "subprocess.", "sys.", "builtins.eval", "builtins.exec",
-                   "builtins.compile", "builtins.getattr", "builtins.__import__", "io.open", "shutil.", "socket.",
-                   "importlib.", "runpy.", "pty.", "webbrowser.", "pickle.", "marshal.", "types.", "ctypes.", "code.",
-                   "torch.hub.", "torch.serialization.load", "functools."):
+    for family in (
+        "os.",
+        "posix.",
+        "nt.",
+        "subprocess.",
+        "sys.",
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.compile",
+        "builtins.getattr",
+        "builtins.__import__",
+        "io.open",
+        "shutil.",
+        "socket.",
+        "importlib.",
+        "runpy.",
+        "pty.",
+        "webbrowser.",
+        "pickle.",
+        "marshal.",
+        "types.",
+        "ctypes.",
+        "code.",
+        "torch.hub.",
+        "torch.serialization.load",
+        "functools.",
+    ):
         assert family in named, family
     assert len(HOSTILE_FILES) >= 12
 
@@ -152,8 +202,14 @@ def test_the_payloads_are_real(corpus, tmp_path):
     live = {case: corpus["made"][case] for case, h in HOSTILE_FILES.items() if h.live}
     assert len(live) >= 12
     paths = [str(path) for path, _ in live.values()]
-    subprocess.run([sys.executable, "-c", _OPEN_EACH.format(code=EXT_CODE), json.dumps(paths)], cwd=tmp_path,
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=False)
+    subprocess.run(
+        [sys.executable, "-c", _OPEN_EACH.format(code=EXT_CODE), json.dumps(paths)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     ran = {case for case, (_, marker) in live.items() if marker.exists()}
     assert ran == set(live), f"payloads that did not run: {sorted(set(live) - ran)}"
     for _, marker in live.values():
@@ -161,6 +217,7 @@ def test_the_payloads_are_real(corpus, tmp_path):
 
 
 # ------------------------------------------------------------------ independent oracles
+
 
 def picklescan_issues(path, strict: bool = False) -> int:
     from picklescan.scanner import scan_file_path
@@ -197,8 +254,9 @@ def test_picklescan_or_torch_agrees_the_file_is_hostile(corpus, case):
         assert default == strict == 0 and torch_weights_only_refuses(path)
     assert hostile.names not in ALLOWED
     # the pack's deny-list and picklescan's default agree, but for three it does not list as dangerous
-    assert (hostile.reason == CAN_RUN_CODE) == (hostile.oracle == "picklescan" or hostile.names in (
-        "io.open", "types.FunctionType", "torch.hub.load"))
+    assert (hostile.reason == CAN_RUN_CODE) == (
+        hostile.oracle == "picklescan" or hostile.names in ("io.open", "types.FunctionType", "torch.hub.load")
+    )
     assert not marker.exists()
 
 
@@ -216,8 +274,9 @@ def test_fickling_rates_the_hostile_files_unsafe(corpus):
             with zipfile.ZipFile(path) as archive:
                 data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         try:
-            rating = max(check_safety(p).severity for p in StackedPickle.load(io.BytesIO(data),
-                                                                                fail_on_decode_error=False))
+            rating = max(
+                check_safety(p).severity for p in StackedPickle.load(io.BytesIO(data), fail_on_decode_error=False)
+            )
         except Exception:
             failed.add(case)
             continue
@@ -237,17 +296,47 @@ def test_real_files_pass_both_picklescan_and_the_pack(corpus, tmp_path):
 
 # ------------------------------------------------------------------ the policy itself
 
-@pytest.mark.parametrize("module,name", [
-    ("os", "system"), ("posix", "system"), ("nt", "system"), ("subprocess", "Popen"), ("sys", "modules"),
-    ("builtins", "eval"), ("__builtin__", "eval"), ("builtins", "exec"), ("builtins", "compile"),
-    ("builtins", "getattr"), ("builtins", "__import__"), ("builtins", "open"), ("__builtin__", "apply"),
-    ("shutil", "rmtree"), ("socket", "socket"), ("importlib", "import_module"), ("runpy", "run_path"),
-    ("pty", "spawn"), ("webbrowser", "open"), ("pickle", "loads"), ("cPickle", "loads"), ("_pickle", "loads"),
-    ("marshal", "loads"), ("types", "CodeType"), ("ctypes", "CDLL"), ("code", "interact"), ("torch.hub", "load"),
-    ("torch", "hub.load"), ("torch", "load"), ("torch.serialization", "load"), ("commands", "getoutput"),
-    ("functools", "partial"), ("operator", "attrgetter"), ("numpy.testing._private.utils", "runstring"),
-    ("os.path", "join"),
-])
+
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("nt", "system"),
+        ("subprocess", "Popen"),
+        ("sys", "modules"),
+        ("builtins", "eval"),
+        ("__builtin__", "eval"),
+        ("builtins", "exec"),
+        ("builtins", "compile"),
+        ("builtins", "getattr"),
+        ("builtins", "__import__"),
+        ("builtins", "open"),
+        ("__builtin__", "apply"),
+        ("shutil", "rmtree"),
+        ("socket", "socket"),
+        ("importlib", "import_module"),
+        ("runpy", "run_path"),
+        ("pty", "spawn"),
+        ("webbrowser", "open"),
+        ("pickle", "loads"),
+        ("cPickle", "loads"),
+        ("_pickle", "loads"),
+        ("marshal", "loads"),
+        ("types", "CodeType"),
+        ("ctypes", "CDLL"),
+        ("code", "interact"),
+        ("torch.hub", "load"),
+        ("torch", "hub.load"),
+        ("torch", "load"),
+        ("torch.serialization", "load"),
+        ("commands", "getoutput"),
+        ("functools", "partial"),
+        ("operator", "attrgetter"),
+        ("numpy.testing._private.utils", "runstring"),
+        ("os.path", "join"),
+    ],
+)
 def test_code_running_globals_are_refused_even_if_allowed(module, name, monkeypatch):
     """The deny-list wins: each stays refused even with the allowlist opened to it."""
     verdict = pickle_policy.judge(module, name)
@@ -264,16 +353,28 @@ def test_attribute_chains_of_allowed_globals_are_not_allowed():
 
 
 def test_what_lightning_writes_is_allowed():
-    for name in ("torch._utils._rebuild_tensor_v2", "torch.FloatStorage", "torch.HalfStorage", "collections.OrderedDict",
-                 "collections.defaultdict", "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-                 "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata", "omegaconf.nodes.AnyNode", "typing.Any",
-                 "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
-                 "lightning_fabric.utilities.data.AttributeDict", "numpy.core.multiarray.scalar", "numpy.dtype",
-                 "_codecs.encode"):
+    for name in (
+        "torch._utils._rebuild_tensor_v2",
+        "torch.FloatStorage",
+        "torch.HalfStorage",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "omegaconf.dictconfig.DictConfig",
+        "omegaconf.listconfig.ListConfig",
+        "omegaconf.base.ContainerMetadata",
+        "omegaconf.base.Metadata",
+        "omegaconf.nodes.AnyNode",
+        "typing.Any",
+        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "numpy.core.multiarray.scalar",
+        "numpy.dtype",
+        "_codecs.encode",
+    ):
         module, _, attr = name.rpartition(".")
         assert pickle_policy.judge(module, attr) is None, name
     assert pickle_policy.judge("__builtin__", "long") is None  # protocol 2's spelling of builtins.int
-    assert pickle_policy.judge("__main__", "Config") == (f"__main__.Config", NOT_ALLOWED)
+    assert pickle_policy.judge("__main__", "Config") == ("__main__.Config", NOT_ALLOWED)
 
 
 def test_a_refused_file_is_still_a_checkpoint_error():
@@ -282,6 +383,7 @@ def test_a_refused_file_is_still_a_checkpoint_error():
 
 
 # ------------------------------------------------------------------ the command-line tools: exit 2, same message
+
 
 def test_deadiff_convert_refuses_with_exit_2(corpus, tmp_path, capsys):
     from deadiff_core.convert import main as convert_main
@@ -310,12 +412,36 @@ def test_deadiff_run_refuses_with_exit_2(corpus, tmp_path):
     installed.write_bytes(path.read_bytes())
     style = tmp_path / "style.png"
     Image.new("RGB", (40, 32), (200, 40, 10)).save(style)
-    env = {**os.environ, "COMFYUI_DIR": str(comfyui_dir()), "DEADIFF_RUNNER_TEST_PACK": str(TEST_PACK),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "deadiff_runner.cli", "--style", str(style), "--steps", "1",
-                             "--width", "64", "--height", "64", "--output", str(tmp_path / "out.png"),
-                             "--base-directory", str(base)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
+    env = {
+        **os.environ,
+        "COMFYUI_DIR": str(comfyui_dir()),
+        "DEADIFF_RUNNER_TEST_PACK": str(TEST_PACK),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deadiff_runner.cli",
+            "--style",
+            str(style),
+            "--steps",
+            "1",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--output",
+            str(tmp_path / "out.png"),
+            "--base-directory",
+            str(base),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     with pytest.raises(DEADiffUnsafeFileError) as error:
         load_deadiff(installed)

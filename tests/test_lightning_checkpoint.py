@@ -1,5 +1,6 @@
 """Checkpoints written by pytorch_lightning itself (tests/lightning_files.py) load, and give exactly the
 model of their plain state_dict: the allowlist holds what Lightning writes, found by listing the file."""
+
 from __future__ import annotations
 
 import zipfile
@@ -21,7 +22,8 @@ def written(tmp_path_factory):
     files = bad_files.good_files(folder, seed=8)
     files["lightning"] = lightning_files.write_lightning_ckpt(folder / "lightning.ckpt", files["sd"])
     files["lightning_1x"] = lightning_files.as_lightning_1x(
-        lightning_files.write_lightning_ckpt(folder / "lightning_1x.ckpt", files["sd"]))
+        lightning_files.write_lightning_ckpt(folder / "lightning_1x.ckpt", files["sd"])
+    )
     return files
 
 
@@ -37,8 +39,18 @@ def pickle_globals(path) -> set:
 
 def test_the_file_is_what_lightning_writes(written):
     checkpoint = torch.load(written["lightning"], map_location="cpu", weights_only=False)  # our own file
-    for key in ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
-                "optimizer_states", "lr_schedulers", "hyper_parameters", "hparams_type"):
+    for key in (
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "loops",
+        "callbacks",
+        "optimizer_states",
+        "lr_schedulers",
+        "hyper_parameters",
+        "hparams_type",
+    ):
         assert key in checkpoint, key
     assert type(checkpoint["hyper_parameters"]).__name__ == "DictConfig"
     assert checkpoint["hyper_parameters"]["model"]["params"]["qformer_config"]["num_query_token"] == 16
@@ -53,8 +65,11 @@ def test_the_file_is_what_lightning_writes(written):
 
 def test_lightning_1x_records_are_allowed(written):
     names = pickle_globals(written["lightning_1x"])
-    assert {"pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
-            "lightning_fabric.utilities.data.AttributeDict", "numpy.dtype"} <= names
+    assert {
+        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "numpy.dtype",
+    } <= names
     assert all(judge(*name.rsplit(".", 1)) is None for name in names), names
 
 

@@ -1,4 +1,5 @@
 """The `deadiff` model folder and ComfyUI's memory management of DEADiff's weights."""
+
 from __future__ import annotations
 
 import sys
@@ -70,11 +71,30 @@ def run_style_graph(comfy, deadiff_name):
     loader = g.node("DEADiffModelLoader", deadiff_name=deadiff_name)
     image = g.node("DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=2, channels=4)
     style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0, style=style)
+    apply = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=1, steps=2, cfg=8.0, sampler_name="euler",
-                    scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=1,
+        steps=2,
+        cfg=8.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=pos,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key="mm")
     for node in (loader, style, apply, image):
         g.node("DEADiffTest_Keep", value=node, key="mm-kept")

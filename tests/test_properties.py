@@ -3,6 +3,7 @@ preprocessing and the mask resizing: plain torch, no ComfyUI. Every test is dera
 examples on every run, so CI is reproducible) and runs at most `max_examples` examples, the figure
 docs/reliability.md gives for it.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,22 +39,35 @@ EXAMPLES = {  # test -> max_examples (docs/reliability.md quotes these; a test c
 
 
 def config(name):
-    return settings(max_examples=EXAMPLES[name], deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=EXAMPLES[name],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 # ------------------------------------------------------------------ checkpoint shape inference
+
 
 @st.composite
 def deadiff_dims(draw):
     patch = draw(st.sampled_from([7, 14, 16, 32]))
     return dict(
-        vision_width=64 * draw(st.integers(1, 3)), vision_layers=draw(st.integers(1, 4)), patch_size=patch,
-        image_size=patch * draw(st.integers(1, 8)), qformer_hidden=64 * draw(st.integers(1, 2)),
-        qformer_layers=draw(st.integers(1, 4)), qformer_intermediate=draw(st.integers(8, 300)),
-        num_query_tokens=draw(st.integers(1, 32)), vocab_size=draw(st.integers(4181, 5000)),
-        max_positions=draw(st.integers(3, 64)), proj_intermediate=draw(st.integers(8, 300)),
-        site_widths={s.name: 8 * draw(st.integers(1, 160)) for s in SITES})
+        vision_width=64 * draw(st.integers(1, 3)),
+        vision_layers=draw(st.integers(1, 4)),
+        patch_size=patch,
+        image_size=patch * draw(st.integers(1, 8)),
+        qformer_hidden=64 * draw(st.integers(1, 2)),
+        qformer_layers=draw(st.integers(1, 4)),
+        qformer_intermediate=draw(st.integers(8, 300)),
+        num_query_tokens=draw(st.integers(1, 32)),
+        vocab_size=draw(st.integers(4181, 5000)),
+        max_positions=draw(st.integers(3, 64)),
+        proj_intermediate=draw(st.integers(8, 300)),
+        site_widths={s.name: 8 * draw(st.integers(1, 160)) for s in SITES},
+    )
 
 
 def kept_shapes(dims, shared: bool) -> dict:
@@ -71,11 +85,22 @@ def test_shape_inference_round_trips(dims, shared):
     shapes = kept_shapes(dims, shared)
     c = infer_config(shapes, shared_vision=shared)
     assert (c.vision_width, c.vision_layers, c.patch_size, c.image_size) == (
-        dims["vision_width"], dims["vision_layers"], dims["patch_size"], dims["image_size"])
+        dims["vision_width"],
+        dims["vision_layers"],
+        dims["patch_size"],
+        dims["image_size"],
+    )
     assert (c.qformer_hidden, c.qformer_layers, c.qformer_intermediate, c.num_query_tokens) == (
-        dims["qformer_hidden"], dims["qformer_layers"], dims["qformer_intermediate"], dims["num_query_tokens"])
+        dims["qformer_hidden"],
+        dims["qformer_layers"],
+        dims["qformer_intermediate"],
+        dims["num_query_tokens"],
+    )
     assert (c.vocab_size, c.max_positions, c.proj_intermediate) == (
-        dims["vocab_size"], dims["max_positions"], dims["proj_intermediate"])
+        dims["vocab_size"],
+        dims["max_positions"],
+        dims["proj_intermediate"],
+    )
     assert c.encoder_hidden == dims["vision_width"] and c.context_dim == dims["qformer_hidden"]
     assert c.site_widths == dims["site_widths"]
     assert c.num_positions == (dims["image_size"] // dims["patch_size"]) ** 2 + 1
@@ -91,18 +116,36 @@ def test_count_layers_counts_the_consecutive_run_from_zero(present, prefix):
 
 
 @config("test_any_dimensions_load_and_encode_or_are_refused_clearly")
-@given(vision_width=st.sampled_from([16, 48, 64, 96, 128]), hidden=st.sampled_from([16, 32, 64, 80, 128]),
-       vocab=st.sampled_from([100, 2807, 4180, 4181, 4300]), positions=st.integers(1, 6),
-       queries=st.integers(1, 5), patch=st.sampled_from([8, 16]), grid=st.integers(1, 4))
-def test_any_dimensions_load_and_encode_or_are_refused_clearly(vision_width, hidden, vocab, positions, queries, patch,
-                                                                grid):
+@given(
+    vision_width=st.sampled_from([16, 48, 64, 96, 128]),
+    hidden=st.sampled_from([16, 32, 64, 80, 128]),
+    vocab=st.sampled_from([100, 2807, 4180, 4181, 4300]),
+    positions=st.integers(1, 6),
+    queries=st.integers(1, 5),
+    patch=st.sampled_from([8, 16]),
+    grid=st.integers(1, 4),
+)
+def test_any_dimensions_load_and_encode_or_are_refused_clearly(
+    vision_width, hidden, vocab, positions, queries, patch, grid
+):
     """A self-consistent file at any dimensions, even ones no DEADiff model has: it loads and both
     encoders give finite (1, queries, hidden) tokens, or it is refused at load with a
     DEADiffCheckpointError naming the file. Never a bare error later, at the first encode."""
     sd = deadiff_fakes.make_official_state_dict(
-        seed=3, frozen_parts=False, vision_width=vision_width, vision_layers=1, patch_size=patch,
-        image_size=patch * grid, qformer_hidden=hidden, qformer_layers=1, qformer_intermediate=32,
-        num_query_tokens=queries, vocab_size=vocab, max_positions=positions, model_channels=32)
+        seed=3,
+        frozen_parts=False,
+        vision_width=vision_width,
+        vision_layers=1,
+        patch_size=patch,
+        image_size=patch * grid,
+        qformer_hidden=hidden,
+        qformer_layers=1,
+        qformer_intermediate=32,
+        num_query_tokens=queries,
+        vocab_size=vocab,
+        max_positions=positions,
+        model_channels=32,
+    )
     path = write_small("dims.safetensors", sd)
     try:
         model = load_deadiff(path)
@@ -117,18 +160,34 @@ def test_any_dimensions_load_and_encode_or_are_refused_clearly(vision_width, hid
 
 
 # A small fixed model for the file-level properties: every example writes and reads a real file.
-SMALL = dict(vision_width=64, vision_layers=2, patch_size=16, image_size=64, qformer_hidden=64, qformer_layers=2,
-             qformer_intermediate=96, num_query_tokens=4, vocab_size=4200, max_positions=8, model_channels=32)
+SMALL = dict(
+    vision_width=64,
+    vision_layers=2,
+    patch_size=16,
+    image_size=64,
+    qformer_hidden=64,
+    qformer_layers=2,
+    qformer_intermediate=96,
+    num_query_tokens=4,
+    vocab_size=4200,
+    max_positions=8,
+    model_channels=32,
+)
 SMALL_SD = deadiff_fakes.make_official_state_dict(seed=2, frozen_parts=False, **SMALL)
 SMALL_KEPT = sorted(k for k in SMALL_SD if is_kept(k))
 # the tensors infer_config reads each dimension from: a wrong shape there shifts the blame to the
 # tensors that follow it, so only for the others must the error name the changed tensor itself
-SOURCES = {"style_blip.visual_encoder.conv1.weight", "style_blip.visual_encoder.positional_embedding",
-           "style_blip.query_tokens", "style_blip.Qformer.bert.embeddings.word_embeddings.weight",
-           "style_blip.Qformer.bert.embeddings.position_embeddings.weight",
-           "style_blip.Qformer.bert.encoder.layer.0.intermediate.dense.weight",
-           "style_blip.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
-           "style_proj_layer.dense1.weight", *(s.checkpoint_prefix + "i_to_k.weight" for s in SITES)}
+SOURCES = {
+    "style_blip.visual_encoder.conv1.weight",
+    "style_blip.visual_encoder.positional_embedding",
+    "style_blip.query_tokens",
+    "style_blip.Qformer.bert.embeddings.word_embeddings.weight",
+    "style_blip.Qformer.bert.embeddings.position_embeddings.weight",
+    "style_blip.Qformer.bert.encoder.layer.0.intermediate.dense.weight",
+    "style_blip.Qformer.bert.encoder.layer.0.crossattention.self.key.weight",
+    "style_proj_layer.dense1.weight",
+    *(s.checkpoint_prefix + "i_to_k.weight" for s in SITES),
+}
 
 
 def write_small(name: str, sd: dict) -> str:
@@ -184,10 +243,21 @@ def load_bytes(name: str, data: bytes):
 
 
 @config("test_garbage_and_truncated_files_are_refused_clearly")
-@given(head=st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x04\x95", b"\x08\x00\x00\x00\x00\x00\x00\x00{",
-                             b"version https://git-lfs"]),
-       body=st.binary(max_size=600), suffix=st.sampled_from([".ckpt", ".safetensors", ".pt", ".sft"]),
-       keep=st.floats(0.0, 0.999))
+@given(
+    head=st.sampled_from(
+        [
+            b"",
+            b"PK\x03\x04",
+            b"\x80\x02",
+            b"\x80\x04\x95",
+            b"\x08\x00\x00\x00\x00\x00\x00\x00{",
+            b"version https://git-lfs",
+        ]
+    ),
+    body=st.binary(max_size=600),
+    suffix=st.sampled_from([".ckpt", ".safetensors", ".pt", ".sft"]),
+    keep=st.floats(0.0, 0.999),
+)
 def test_garbage_and_truncated_files_are_refused_clearly(head, body, suffix, keep):
     """Random bytes behind the first bytes of every format, and any prefix of a good file: always a
     DEADiffCheckpointError naming the file (never another exception, never a hang)."""
@@ -261,16 +331,25 @@ def test_preprocess_refuses_nan_and_inf_pixels(image, where, bad):
         preprocess(image, 32)
 
 
-@pytest.mark.parametrize("shape,words", [
-    ((1, 8, 8, 2), "1, 3 or 4 channels"), ((1, 8, 8, 5), "1, 3 or 4 channels"), ((8, 8), "1, 3 or 4 channels"),
-    ((2, 1, 8, 8, 3), "1, 3 or 4 channels"), ((0, 8, 8, 3), "empty"), ((1, 0, 8, 3), "empty"),
-    ((1, 8, 0, 1), "empty")])
+@pytest.mark.parametrize(
+    "shape,words",
+    [
+        ((1, 8, 8, 2), "1, 3 or 4 channels"),
+        ((1, 8, 8, 5), "1, 3 or 4 channels"),
+        ((8, 8), "1, 3 or 4 channels"),
+        ((2, 1, 8, 8, 3), "1, 3 or 4 channels"),
+        ((0, 8, 8, 3), "empty"),
+        ((1, 0, 8, 3), "empty"),
+        ((1, 8, 0, 1), "empty"),
+    ],
+)
 def test_preprocess_refuses_impossible_shapes(shape, words):
     with pytest.raises(ValueError, match=words):
         preprocess(torch.rand(shape), 224)
 
 
 # ------------------------------------------------------------------ mask resizing
+
 
 @st.composite
 def masks(draw, wild=True):
@@ -307,7 +386,7 @@ def test_mask_resizing_properties(mask, grid):
     complement = resize_to_grid(1 - clean, h, w)
     assert torch.allclose(out + complement, torch.ones_like(out), atol=1e-5), "complements split every grid"
     for i in range(mask.shape[0]):
-        assert torch.equal(out[i:i + 1], resize_to_grid(mask[i:i + 1], h, w)), "each mask of a batch on its own"
+        assert torch.equal(out[i : i + 1], resize_to_grid(mask[i : i + 1], h, w)), "each mask of a batch on its own"
     nonzero = clean.flatten(1).amax(dim=1) > 0
     assert torch.equal(out.amax(dim=1) > 0, nonzero), "a masked area never vanishes, an empty mask stays empty"
     if (mask.shape[1], mask.shape[2]) == (h, w):
@@ -328,9 +407,13 @@ def test_mask_shrinking_by_whole_factors_keeps_each_cells_share(mask, factor, da
 
 
 @config("test_masks_of_impossible_shapes_are_refused")
-@given(shape=st.one_of(
-    st.lists(st.integers(1, 5), min_size=1, max_size=1), st.lists(st.integers(1, 5), min_size=4, max_size=5),
-    st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 5)).filter(lambda s: 0 in s).map(list)))
+@given(
+    shape=st.one_of(
+        st.lists(st.integers(1, 5), min_size=1, max_size=1),
+        st.lists(st.integers(1, 5), min_size=4, max_size=5),
+        st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 5)).filter(lambda s: 0 in s).map(list),
+    )
+)
 def test_masks_of_impossible_shapes_are_refused(shape):
     words = r"attn_mask must be a MASK of shape \(height, width\) or \(masks, height, width\)"
     with pytest.raises(ValueError, match=words):

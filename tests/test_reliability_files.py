@@ -6,6 +6,7 @@ would create never appears), and the very next prompt, with a good file, gives a
 to the one the server gave before any bad file. The hostile files (pickle payloads) are refused as
 unsafe (DEADiffUnsafeFileError), naming what their pickle asks for. The rows of docs/reliability.md name these tests.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -35,11 +36,31 @@ def prompt(deadiff_name: str, output: str) -> dict:
     image = g.node("DEADiffTest_ImageFromSeed", seed=12, width=64, height=48, batch_size=1, channels=3)
     style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
     content = g.node("DEADiffContentEncoder", deadiff=loader, image=image)
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0, style=style, content=content)
+    apply = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+        content=content,
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=4, steps=2, cfg=6.0, sampler_name="euler", scheduler="normal",
-                    positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=4,
+        steps=2,
+        cfg=6.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_SaveLatentFile", samples=sample, filename=output)
     return g.prompt
 

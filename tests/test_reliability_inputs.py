@@ -7,6 +7,7 @@ something that could fail: an equality with another graph (a weight-0 style equa
 all-0 mask equals no DEADiff at all, a gray image equals its 3-channel copy, ...), not only that the
 graph ran. The rows of docs/reliability.md name these tests.
 """
+
 from __future__ import annotations
 
 import gc
@@ -32,14 +33,30 @@ def deadiff_name(comfy):
 
 
 def seed_image(seed=9, width=64, height=64, batch_size=1, channels=3):
-    return lambda g: g.node("DEADiffTest_ImageFromSeed", seed=seed, width=width, height=height,
-                            batch_size=batch_size, channels=channels)
+    return lambda g: g.node(
+        "DEADiffTest_ImageFromSeed", seed=seed, width=width, height=height, batch_size=batch_size, channels=channels
+    )
 
 
 # the default image is a node-making function, made once and never modified (hence the noqa)
-def build(deadiff_name, *, image=seed_image(), apply=True, style=True, content=False, mask=None, latent_batch=1,  # noqa: B008
-          steps=2, cfg=4.0, style_weight=1.0, content_weight=1.0, start_at=0.0, end_at=1.0,
-          positive=POSITIVE, negative=NEGATIVE):
+def build(
+    deadiff_name,
+    *,
+    image=seed_image(),  # noqa: B008
+    apply=True,
+    style=True,
+    content=False,
+    mask=None,
+    latent_batch=1,
+    steps=2,
+    cfg=4.0,
+    style_weight=1.0,
+    content_weight=1.0,
+    start_at=0.0,
+    end_at=1.0,
+    positive=POSITIVE,
+    negative=NEGATIVE,
+):
     """tiny SD1.5 -> [DEADiff Apply] -> KSampler (euler, 64x64); returns (prompt, nodes by role)."""
     g = Graph()
     tiny = g.node("DEADiffTest_TinySD15", seed=0)
@@ -56,11 +73,30 @@ def build(deadiff_name, *, image=seed_image(), apply=True, style=True, content=F
             nodes["content"] = extra["content"] = g.node("DEADiffContentEncoder", deadiff=loader, image=img)
         if mask is not None:
             nodes["mask"] = extra["attn_mask"] = mask(g)
-        model = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=style_weight,
-                       content_weight=content_weight, start_at=start_at, end_at=end_at, **extra)
+        model = g.node(
+            "DEADiffApply",
+            model=model,
+            deadiff=loader,
+            style_weight=style_weight,
+            content_weight=content_weight,
+            start_at=start_at,
+            end_at=end_at,
+            **extra,
+        )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=latent_batch)
-    nodes["sample"] = g.node("KSampler", model=model, seed=5, steps=steps, cfg=cfg, sampler_name="euler",
-                             scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    nodes["sample"] = g.node(
+        "KSampler",
+        model=model,
+        seed=5,
+        steps=steps,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=nodes["sample"], key="reliability")
     return g.prompt, nodes
 
@@ -106,11 +142,15 @@ def _fast_gc():
 @pytest.fixture(scope="module")
 def baselines(comfy, deadiff_name):
     """The latents other graphs are compared with: no DEADiff, and the default style transfer."""
-    return {(kind, batch): latent(comfy, deadiff_name, apply=(kind == "style"), latent_batch=batch)
-            for kind in ("plain", "style") for batch in (1, 2)}
+    return {
+        (kind, batch): latent(comfy, deadiff_name, apply=(kind == "style"), latent_batch=batch)
+        for kind in ("plain", "style")
+        for batch in (1, 2)
+    }
 
 
 # ------------------------------------------------------------------ reference images
+
 
 def test_style_actually_changes_the_result(baselines):
     """Makes the equalities below meaningful: DEADiff moves the latent well beyond their tolerance."""
@@ -137,8 +177,11 @@ def test_one_pixel_reference_image(one_pixel, baselines):
 @pytest.mark.parametrize("width,height", [(300, 200), (4096, 4096)])
 def test_solid_reference_gives_the_same_result_at_any_size(comfy, deadiff_name, one_pixel, width, height):
     """Every reference is squashed to 224x224: a solid colour is the same reference at 1x1 and 4096x4096."""
-    assert_same(latent(comfy, deadiff_name, image=solid_image(width, height)), one_pixel,
-                f"a solid {width}x{height} reference must equal the solid 1x1 one")
+    assert_same(
+        latent(comfy, deadiff_name, image=solid_image(width, height)),
+        one_pixel,
+        f"a solid {width}x{height} reference must equal the solid 1x1 one",
+    )
 
 
 def test_4096_reference_image(comfy, deadiff_name, baselines):
@@ -175,21 +218,27 @@ PREPROCESS_EXTRA_BOUND = 4096 * 4096 * 3 * 4 + 16 * 2**20
 def test_4096_preprocessing_memory_is_bounded():
     """Measured in a fresh process: its peak resident memory while preprocessing a 4096x4096 gray, RGB
     and RGBA image, minus its resident memory just before (the image already made)."""
-    done = subprocess.run([sys.executable, "-c", PREPROCESS_MEMORY, str(REPO)], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PREPROCESS_MEMORY, str(REPO)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for channels, measured in report.items():
         assert measured["shape"] == [1, 3, 224, 224]
         assert measured["extra"] <= PREPROCESS_EXTRA_BOUND, (
             f"preprocessing a 4096x4096x{channels} image took {measured['extra'] / 2**20:.0f} MiB beyond the "
-            f"input (bound {PREPROCESS_EXTRA_BOUND / 2**20:.0f} MiB)")
+            f"input (bound {PREPROCESS_EXTRA_BOUND / 2**20:.0f} MiB)"
+        )
 
 
-@pytest.mark.parametrize("channels,to_rgb", [
-    (1, lambda im: im.expand(-1, -1, -1, 3)),   # gray: the one channel as R, G and B
-    (4, lambda im: im[..., :3]),                # RGBA: alpha ignored
-], ids=["gray", "RGBA"])
+@pytest.mark.parametrize(
+    "channels,to_rgb",
+    [
+        (1, lambda im: im.expand(-1, -1, -1, 3)),  # gray: the one channel as R, G and B
+        (4, lambda im: im[..., :3]),  # RGBA: alpha ignored
+    ],
+    ids=["gray", "RGBA"],
+)
 def test_gray_and_rgba_references_equal_their_rgb_copy(comfy, deadiff_name, channels, to_rgb):
     result, out, nodes = run(comfy, deadiff_name, image=seed_image(seed=4, channels=channels))
     image = out[nodes["image"].id][0]
@@ -202,6 +251,7 @@ def test_gray_and_rgba_references_equal_their_rgb_copy(comfy, deadiff_name, chan
 def two_references(first, second):
     def make(g):
         return g.node("ImageBatch", image1=seed_image(seed=first)(g), image2=seed_image(seed=second)(g))
+
     return make
 
 
@@ -216,8 +266,9 @@ def test_reference_batch_acts_at_once_and_order_does_not_matter(comfy, deadiff_n
 
 @pytest.mark.parametrize("references,latents", [(3, 1), (1, 3), (8, 2), (8, 1)])
 def test_reference_batch_of_any_size_with_any_latent_batch(comfy, deadiff_name, references, latents):
-    result, out, nodes = run(comfy, deadiff_name, image=seed_image(seed=2, batch_size=references),
-                             content=True, latent_batch=latents)
+    result, out, nodes = run(
+        comfy, deadiff_name, image=seed_image(seed=2, batch_size=references), content=True, latent_batch=latents
+    )
     assert out[nodes["style"].id][0].tokens.shape == (references, 16, 64)
     assert out[nodes["content"].id][0].tokens.shape == (references, 16, 64)
     assert result.shape == (latents, 4, 8, 8)
@@ -231,24 +282,32 @@ def test_same_reference_repeated_in_a_batch_is_not_the_single_reference(comfy, d
 
 # ------------------------------------------------------------------ masks
 
+
 def solid_mask(value, width, height):
     return lambda g: g.node("SolidMask", value=value, width=width, height=height)
 
 
 @pytest.mark.parametrize("width,height", [(1, 1), (7, 13), (512, 384)])
 def test_full_mask_of_any_size_equals_no_mask(comfy, deadiff_name, baselines, width, height):
-    assert_same(latent(comfy, deadiff_name, mask=solid_mask(1.0, width, height)), baselines[("style", 1)],
-                f"a {width}x{height} mask of ones must act like no mask")
+    assert_same(
+        latent(comfy, deadiff_name, mask=solid_mask(1.0, width, height)),
+        baselines[("style", 1)],
+        f"a {width}x{height} mask of ones must act like no mask",
+    )
 
 
 @pytest.mark.parametrize("width,height", [(1, 1), (40, 24)])
 def test_empty_mask_equals_no_deadiff(comfy, deadiff_name, baselines, width, height):
-    assert_same(latent(comfy, deadiff_name, mask=solid_mask(0.0, width, height)), baselines[("plain", 1)],
-                "where the mask is 0 the picture follows the prompt alone")
+    assert_same(
+        latent(comfy, deadiff_name, mask=solid_mask(0.0, width, height)),
+        baselines[("plain", 1)],
+        "where the mask is 0 the picture follows the prompt alone",
+    )
 
 
 def test_one_mask_per_latent_image(comfy, deadiff_name, baselines):
     """A batch of two masks [ones, zeros] with two latents: the first gets the style, the second not."""
+
     def masks(g):
         ones = g.node("MaskToImage", mask=solid_mask(1.0, 16, 16)(g))
         zeros = g.node("MaskToImage", mask=solid_mask(0.0, 16, 16)(g))
@@ -260,13 +319,25 @@ def test_one_mask_per_latent_image(comfy, deadiff_name, baselines):
 
 
 def test_one_mask_for_a_latent_batch(comfy, deadiff_name, baselines):
-    assert_same(latent(comfy, deadiff_name, mask=solid_mask(1.0, 9, 9), latent_batch=2), baselines[("style", 2)],
-                "one mask of ones applies to every latent")
+    assert_same(
+        latent(comfy, deadiff_name, mask=solid_mask(1.0, 9, 9), latent_batch=2),
+        baselines[("style", 2)],
+        "one mask of ones applies to every latent",
+    )
 
 
 def seed_mask(seed=1, width=32, height=32, batch_size=1, low=0.0, high=1.0, nan_fraction=0.0, sanitised=False):
-    return lambda g: g.node("DEADiffTest_MaskFromSeed", seed=seed, width=width, height=height, batch_size=batch_size,
-                            low=low, high=high, nan_fraction=nan_fraction, sanitised=sanitised)
+    return lambda g: g.node(
+        "DEADiffTest_MaskFromSeed",
+        seed=seed,
+        width=width,
+        height=height,
+        batch_size=batch_size,
+        low=low,
+        high=high,
+        nan_fraction=nan_fraction,
+        sanitised=sanitised,
+    )
 
 
 @pytest.mark.parametrize("mask_batch,latents", [(3, 2), (2, 1), (2, 3)])
@@ -295,16 +366,23 @@ def test_mask_values_outside_0_1_and_nan_are_clamped(comfy, deadiff_name, baseli
 
 
 def test_all_nan_mask_equals_no_deadiff(comfy, deadiff_name, baselines):
-    assert_same(latent(comfy, deadiff_name, mask=seed_mask(width=8, height=8, nan_fraction=1.0)),
-                baselines[("plain", 1)], "NaN counts as 0")
+    assert_same(
+        latent(comfy, deadiff_name, mask=seed_mask(width=8, height=8, nan_fraction=1.0)),
+        baselines[("plain", 1)],
+        "NaN counts as 0",
+    )
 
 
 def test_mask_above_one_equals_full_mask(comfy, deadiff_name, baselines):
-    assert_same(latent(comfy, deadiff_name, mask=seed_mask(width=20, height=20, low=1.0, high=50.0)),
-                baselines[("style", 1)], "values above 1 count as 1")
+    assert_same(
+        latent(comfy, deadiff_name, mask=seed_mask(width=20, height=20, low=1.0, high=50.0)),
+        baselines[("style", 1)],
+        "values above 1 count as 1",
+    )
 
 
 # ------------------------------------------------------------------ weights, window, sampling settings
+
 
 def test_weight_zero_equals_an_unconnected_branch(comfy, deadiff_name, baselines):
     """Weight 0 scales the tokens' keys and values to 0: exactly the 16 zero tokens of an unused branch."""
@@ -319,12 +397,15 @@ def test_negative_and_maximum_weights_run(comfy, deadiff_name, baselines, weight
     assert_differs(result, baselines[("style", 1)], f"weight {weight} must change the result")
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("style_weight", 5.5, "bigger than max of 5.0"),
-    ("content_weight", -2.5, "smaller than min of -2.0"),
-    ("start_at", 1.5, "bigger than max of 1.0"),
-    ("end_at", -0.1, "smaller than min of 0.0"),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("style_weight", 5.5, "bigger than max of 5.0"),
+        ("content_weight", -2.5, "smaller than min of -2.0"),
+        ("start_at", 1.5, "bigger than max of 1.0"),
+        ("end_at", -0.1, "smaller than min of 0.0"),
+    ],
+)
 def test_out_of_range_values_are_refused_before_running(comfy, deadiff_name, field, value, words):
     prompt, _ = build(deadiff_name, **{field: value})
     with pytest.raises(GraphError) as failure:
@@ -341,8 +422,11 @@ def test_start_after_end_is_refused(comfy, deadiff_name):
 
 def test_empty_window_at_the_end_acts_like_no_deadiff(comfy, deadiff_name, baselines):
     """start_at = end_at = 1: the window is the last sigma (0), never sampled: the plain model."""
-    assert_same(latent(comfy, deadiff_name, start_at=1.0, end_at=1.0), baselines[("plain", 1)],
-                "a window at the very end leaves every step plain")
+    assert_same(
+        latent(comfy, deadiff_name, start_at=1.0, end_at=1.0),
+        baselines[("plain", 1)],
+        "a window at the very end leaves every step plain",
+    )
 
 
 def test_cfg_one_and_one_step(comfy, deadiff_name):
@@ -352,9 +436,11 @@ def test_cfg_one_and_one_step(comfy, deadiff_name):
         assert_differs(styled, plain, f"DEADiff acts with {options}")
 
 
-@pytest.mark.parametrize("positive,negative", [(LONG_PROMPT, NEGATIVE), (LONG_PROMPT, LONG_PROMPT),
-                                               (POSITIVE, LONG_PROMPT)],
-                         ids=["long positive", "both long", "long negative"])
+@pytest.mark.parametrize(
+    "positive,negative",
+    [(LONG_PROMPT, NEGATIVE), (LONG_PROMPT, LONG_PROMPT), (POSITIVE, LONG_PROMPT)],
+    ids=["long positive", "both long", "long negative"],
+)
 def test_very_long_prompts(comfy, deadiff_name, positive, negative):
     """Prompts past 77 tokens (several CLIP chunks; cond and uncond of different lengths) still sample."""
     styled, out, nodes = run(comfy, deadiff_name, positive=positive, negative=negative)
@@ -366,6 +452,7 @@ def test_very_long_prompts(comfy, deadiff_name, positive, negative):
 
 
 # ------------------------------------------------------------------ docs/reliability.md states what the tests assert
+
 
 def _items(function) -> int:
     """How many test items pytest makes of `function` (the product of its parametrize lists)."""
@@ -394,8 +481,10 @@ def test_docs_reliability_md_matches_the_tests():
         row(f"| {case} |", f"`{words}`")
     for case in GOOD_ODD_FILES:
         row(f"| {case} |")
-    assert (f"{len(BAD_FILES)} bad files, {len(BAD_AT_ENCODE)} files bad at encode time, "
-            f"{len(GOOD_ODD_FILES)} odd but valid files") in doc
+    assert (
+        f"{len(BAD_FILES)} bad files, {len(BAD_AT_ENCODE)} files bad at encode time, "
+        f"{len(GOOD_ODD_FILES)} odd but valid files"
+    ) in doc
     this = sys.modules[__name__]
     for module in (this, test_reliability_files, test_soak, test_properties):
         for name, function in vars(module).items():
@@ -408,8 +497,10 @@ def test_docs_reliability_md_matches_the_tests():
         applied = getattr(getattr(test_properties, name), "_hypothesis_internal_use_settings", None)
         assert applied is not None and applied.max_examples == examples, name
     shapes = _items(test_properties.test_preprocess_refuses_impossible_shapes)
-    assert (f"{len(test_properties.EXAMPLES)} hypothesis tests, {sum(test_properties.EXAMPLES.values())} examples, "
-            f"plus {shapes} shape cases") in doc
+    assert (
+        f"{len(test_properties.EXAMPLES)} hypothesis tests, {sum(test_properties.EXAMPLES.values())} examples, "
+        f"plus {shapes} shape cases"
+    ) in doc
     assert f"{test_soak.SOAK_PROMPTS} prompts" in doc and f"**{test_soak.RSS_GROWTH_BOUND // 2**20} MiB**" in doc
     assert f"prompts 26-{test_soak.SOAK_PROMPTS}" in doc and f"after prompt {test_soak.VARIANTS}" in doc
     assert f"bound {PREPROCESS_EXTRA_BOUND // 2**20} MiB" in doc

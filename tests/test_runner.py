@@ -5,6 +5,7 @@ synthetic one in the official layout). A real SD1.5 file cannot exist in the sui
 get as far as sampling use the runner's documented test hook, DEADIFF_RUNNER_TEST_PACK, which loads
 the test node pack and swaps Load Checkpoint for its tiny SD1.5; the missing-file runs do not use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ from conftest import REPO, TEST_PACK, comfyui_dir
 OFFICIAL_NEGATIVE_START = "over-exposure, under-exposure, saturated"
 
 
-def run_cli(*args, base: Path | None = None, test_hook: bool = False, cwd: Path | None = None, timeout=600,
-            env_extra=None):
+def run_cli(
+    *args, base: Path | None = None, test_hook: bool = False, cwd: Path | None = None, timeout=600, env_extra=None
+):
     env = {k: v for k, v in os.environ.items() if k not in ("DEADIFF_RUNNER_TEST_PACK", "DEADIFF_MODELS_DIR")}
     env.update(env_extra or {})
     env["COMFYUI_DIR"] = str(comfyui_dir())
@@ -56,8 +58,24 @@ def installed(tmp_path_factory):
 def test_runs_the_default_example_and_embeds_the_workflow(installed):
     base, style, work = installed
     output = work / "pictures" / "lighthouse.png"
-    result = run_cli("--style", str(style), "--prompt", "a red barn in a field", "--seed", "7", "--steps", "2",
-                     "--width", "64", "--height", "64", "--output", str(output), base=base, test_hook=True)
+    result = run_cli(
+        "--style",
+        str(style),
+        "--prompt",
+        "a red barn in a field",
+        "--seed",
+        "7",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--output",
+        str(output),
+        base=base,
+        test_hook=True,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1] == str(output)
     assert "TEST HOOK" in result.stderr
@@ -97,15 +115,25 @@ def test_saved_style_then_load_saved_style(installed):
     assert f"MISSING  saved tokens (Saved style)  {tokens}" in check.stdout
     assert "deadiff_saved_style writes output/deadiff/my_style_00001_.safetensors" in check.stderr
 
-    saved = run_cli("--workflow", "saved_style", "--style", str(style), *small, "--output", str(work / "saved.png"),
-                    base=base, test_hook=True)
+    saved = run_cli(
+        "--workflow",
+        "saved_style",
+        "--style",
+        str(style),
+        *small,
+        "--output",
+        str(work / "saved.png"),
+        base=base,
+        test_hook=True,
+    )
     assert saved.returncode == 0, saved.stderr[-4000:]
     assert tokens.is_file() and (work / "saved.png").is_file()
     assert f"saved tokens {tokens}" in saved.stderr and "'my_style_00001_.safetensors [output]'" in saved.stderr
     assert saved.stdout.strip().splitlines()[-1] == str(work / "saved.png")
 
-    loaded = run_cli("--workflow", "load_saved_style", *small, "--output", str(work / "loaded.png"), base=base,
-                     test_hook=True)
+    loaded = run_cli(
+        "--workflow", "load_saved_style", *small, "--output", str(work / "loaded.png"), base=base, test_hook=True
+    )
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     with Image.open(work / "loaded.png") as picture:
         prompt = json.loads(picture.text["prompt"])
@@ -164,18 +192,34 @@ def test_argument_errors_exit_2_before_booting(tmp_path):
     listing = run_cli("--list")
     assert listing.returncode == 0
     assert [line.split()[0] for line in listing.stdout.splitlines()] == sorted(
-        p.stem for p in (REPO / "example_workflows").glob("*.json"))
+        p.stem for p in (REPO / "example_workflows").glob("*.json")
+    )
 
 
 # ------------------------------------------------------------------------ batches, wrong files, models folder
+
 
 def test_a_batch_runs_in_one_session_with_its_parameters_in_each_png(installed, tmp_path):
     base, style, work = installed
     second = write_reference(tmp_path / "second style.png", seed=9)
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps({"prompt": ["a red barn", "a blue boat"], "style": [str(style), str(second)]}))
-    result = run_cli("--jobs", str(jobs), "--seed", "11", "--steps", "2", "--width", "64", "--height", "64",
-                     "--output", str(tmp_path / "out") + "/", base=base, test_hook=True)
+    result = run_cli(
+        "--jobs",
+        str(jobs),
+        "--seed",
+        "11",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--output",
+        str(tmp_path / "out") + "/",
+        base=base,
+        test_hook=True,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     written = [Path(line) for line in result.stdout.strip().splitlines()]
     assert [p.name for p in written] == [f"deadiff_style_transfer_00{i}_11.png" for i in range(1, 5)]
@@ -199,9 +243,14 @@ def sd15_standin(path: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
-               "first_stage_model.decoder.conv_in.weight": torch.zeros(2, 2),
-               "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}, str(path))
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+            "first_stage_model.decoder.conv_in.weight": torch.zeros(2, 2),
+            "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77),
+        },
+        str(path),
+    )
     return path
 
 
@@ -214,12 +263,22 @@ def test_a_file_in_the_wrong_folder_is_named_for_what_it_is(tmp_path):
     style = write_reference(tmp_path / "ref.png", seed=2)
     check = run_cli("--check", "--style", str(style), base=base)
     assert check.returncode == 2
-    assert (f"{base / 'models' / 'deadiff' / 'v1-5-pruned-emaonly.safetensors'} is a Stable Diffusion checkpoint: "
-            "it belongs in models/checkpoints") in check.stderr
-    assert (f"{base / 'models' / 'checkpoints' / 'deadiff_v1.ckpt'} has this name but sits in checkpoints/: move it "
-            f"to {base / 'models' / 'deadiff'}{os.sep}") in check.stderr
-    chosen = run_cli("--style", str(style), "--set", "Load DEADiff Model.deadiff_name=v1-5-pruned-emaonly.safetensors",
-                     base=base, test_hook=True)
+    assert (
+        f"{base / 'models' / 'deadiff' / 'v1-5-pruned-emaonly.safetensors'} is a Stable Diffusion checkpoint: "
+        "it belongs in models/checkpoints"
+    ) in check.stderr
+    assert (
+        f"{base / 'models' / 'checkpoints' / 'deadiff_v1.ckpt'} has this name but sits in checkpoints/: move it "
+        f"to {base / 'models' / 'deadiff'}{os.sep}"
+    ) in check.stderr
+    chosen = run_cli(
+        "--style",
+        str(style),
+        "--set",
+        "Load DEADiff Model.deadiff_name=v1-5-pruned-emaonly.safetensors",
+        base=base,
+        test_hook=True,
+    )
     assert chosen.returncode == 2, chosen.stderr[-3000:]
     assert "is set to v1-5-pruned-emaonly.safetensors, which is a Stable Diffusion checkpoint" in chosen.stderr
     assert "Traceback" not in chosen.stderr and "KSampler" not in chosen.stderr  # refused before anything ran
@@ -255,8 +314,20 @@ def test_download_convert_and_a_second_run_downloads_nothing(tmp_path):
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
     small = ("--steps", "2", "--width", "64", "--height", "64", "--seed", "1")
     try:
-        first = run_cli("--download", "--convert", "--style", str(style), "--prompt", "a lighthouse", *small,
-                        "--output", str(tmp_path / "first.png"), base=base, test_hook=True, env_extra=env)
+        first = run_cli(
+            "--download",
+            "--convert",
+            "--style",
+            str(style),
+            "--prompt",
+            "a lighthouse",
+            *small,
+            "--output",
+            str(tmp_path / "first.png"),
+            base=base,
+            test_hook=True,
+            env_extra=env,
+        )
         assert first.returncode == 0, first.stderr[-4000:]
         ckpt = base / "models" / "deadiff" / "deadiff_v1.ckpt"
         compact = base / "models" / "deadiff" / "deadiff_v1_compact.safetensors"
@@ -269,8 +340,20 @@ def test_download_convert_and_a_second_run_downloads_nothing(tmp_path):
         (loader,) = [n for n in prompt.values() if n["class_type"] == "DEADiffModelLoader"]
         assert loader["inputs"]["deadiff_name"] == "deadiff_v1_compact.safetensors"
         seen = len(hub.file_requests())
-        second = run_cli("--download", "--convert", "--style", str(style), "--prompt", "a lighthouse", *small,
-                         "--output", str(tmp_path / "second.png"), base=base, test_hook=True, env_extra=env)
+        second = run_cli(
+            "--download",
+            "--convert",
+            "--style",
+            str(style),
+            "--prompt",
+            "a lighthouse",
+            *small,
+            "--output",
+            str(tmp_path / "second.png"),
+            base=base,
+            test_hook=True,
+            env_extra=env,
+        )
         assert second.returncode == 0, second.stderr[-4000:]
         assert len(hub.file_requests()) == seen, "the second run asks the hub nothing"
         assert "converting" not in second.stderr

@@ -5,6 +5,7 @@ that booted (or tried to) would say so instead of naming the wrong argument, so 
 the argument was refused first. The snapshot the pre-boot check relies on is compared with the live
 node definitions of the running ComfyUI.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def run_cli(*args, cwd: Path, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k not in ("DEADIFF_RUNNER_TEST_PACK", "COMFYUI_DIR")}
     env["PYTHONPATH"] = str(REPO)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "deadiff_runner.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "deadiff_runner.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,10 @@ ARGUMENT_ERRORS = [
     (["--set", "Apply Disentangled Conditioning.endat=0.5"], "has no widget 'endat'"),
     (["--set", "5.style_weight=strong"], "'strong' is not a valid FLOAT"),
     (["--set", "style_weight=1"], "write NODE.INPUT=VALUE"),
-    (["--workflow", "style_mixing", "--style", "a.png", "--style", "b.png", "--style", "c.png"],
-     "this workflow has 2 style image(s): give --style 2 time(s)"),
+    (
+        ["--workflow", "style_mixing", "--style", "a.png", "--style", "b.png", "--style", "c.png"],
+        "this workflow has 2 style image(s): give --style 2 time(s)",
+    ),
     (["--workflow", "controlnet", "--content", "a.png"], "--content given, but this workflow has no content image"),
     (["--style", "not_an_image.png"], "not an image ComfyUI can read"),
     (["--style", "missing.png"], "missing.png: no such file"),
@@ -63,9 +72,11 @@ ARGUMENT_ERRORS = [
 
 @pytest.mark.parametrize("args,message", ARGUMENT_ERRORS, ids=[" ".join(a) for a, _ in ARGUMENT_ERRORS])
 def test_argument_errors_are_one_line_exit_2_before_the_boot(images, args, message):
-    result = run_cli("--comfyui-dir", str(images / "not_comfy"), "--style", "a.png", *args, cwd=images) \
-        if "--style" not in args and "--workflow" not in args else \
-        run_cli("--comfyui-dir", str(images / "not_comfy"), *args, cwd=images)
+    result = (
+        run_cli("--comfyui-dir", str(images / "not_comfy"), "--style", "a.png", *args, cwd=images)
+        if "--style" not in args and "--workflow" not in args
+        else run_cli("--comfyui-dir", str(images / "not_comfy"), *args, cwd=images)
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
     assert "not a ComfyUI folder" not in result.stderr, "the argument must be refused before any boot"
@@ -75,9 +86,23 @@ def test_argument_errors_are_one_line_exit_2_before_the_boot(images, args, messa
 
 def test_valid_arguments_reach_the_boot(images):
     """The display name the runner prints is accepted, and so is a batch: then the next step is the boot."""
-    result = run_cli("--comfyui-dir", str(images / "not_comfy"), "--style", "a.png", "--style", "b.png",
-                     "--prompt", "one", "--prompt", "two", "--set", "Apply Disentangled Conditioning.end_at=0.5",
-                     "--set", "deadiffapply.style_weight=0.8", cwd=images)
+    result = run_cli(
+        "--comfyui-dir",
+        str(images / "not_comfy"),
+        "--style",
+        "a.png",
+        "--style",
+        "b.png",
+        "--prompt",
+        "one",
+        "--prompt",
+        "two",
+        "--set",
+        "Apply Disentangled Conditioning.end_at=0.5",
+        "--set",
+        "deadiffapply.style_weight=0.8",
+        cwd=images,
+    )
     assert result.returncode == 2
     assert "is not a ComfyUI folder" in result.stderr, result.stderr
 
@@ -102,20 +127,32 @@ def test_known_nodes_match_the_running_comfyui(comfy):
 
 # ------------------------------------------------------------------------------------- jobs, without ComfyUI
 
+
 def cli_args(**given):
-    base = dict(prompt=[], seed=[], style=[], content=[], control=[], negative=None, steps=None, cfg=None,
-                width=None, height=None, overrides=[])
+    base = dict(
+        prompt=[],
+        seed=[],
+        style=[],
+        content=[],
+        control=[],
+        negative=None,
+        steps=None,
+        cfg=None,
+        width=None,
+        height=None,
+        overrides=[],
+    )
     base.update(given)
     return SimpleNamespace(**base)
 
 
 def test_command_line_batch_is_every_combination():
-    jobs = jobs_mod.from_command_line(cli_args(prompt=["a", "b"], style=["s1", "s2", "s3"], seed=[1, 2]),
-                                      {"style": 1})
+    jobs = jobs_mod.from_command_line(cli_args(prompt=["a", "b"], style=["s1", "s2", "s3"], seed=[1, 2]), {"style": 1})
     assert len(jobs) == 12
     assert [j.index for j in jobs] == list(range(1, 13))
     assert {(j.prompt, tuple(j.style), j.seed) for j in jobs} == {
-        (p, (s,), n) for p in "ab" for s in ("s1", "s2", "s3") for n in (1, 2)}
+        (p, (s,), n) for p in "ab" for s in ("s1", "s2", "s3") for n in (1, 2)
+    }
     two_slots = jobs_mod.from_command_line(cli_args(style=["a", "b", "c", "d"]), {"style": 2})
     assert [j.style for j in two_slots] == [["a", "b"], ["c", "d"]]
 
@@ -123,13 +160,18 @@ def test_command_line_batch_is_every_combination():
 def test_jobs_files(tmp_path):
     (tmp_path / "lines.txt").write_text("# prompts\na lighthouse\n\na harbour\n")
     lines = jobs_mod.from_file(tmp_path / "lines.txt", cli_args(style=["ref.png"], steps=20), {"style": 1})
-    assert [(j.prompt, j.style, j.steps) for j in lines] == [("a lighthouse", ["ref.png"], 20),
-                                                             ("a harbour", ["ref.png"], 20)]
-    (tmp_path / "grid.csv").write_text("prompt,style,seed,set\na cat,x.png,1,5.end_at=0.5|5.style_weight=0.8\n"
-                                       "a dog,y.png,2,\n")
+    assert [(j.prompt, j.style, j.steps) for j in lines] == [
+        ("a lighthouse", ["ref.png"], 20),
+        ("a harbour", ["ref.png"], 20),
+    ]
+    (tmp_path / "grid.csv").write_text(
+        "prompt,style,seed,set\na cat,x.png,1,5.end_at=0.5|5.style_weight=0.8\na dog,y.png,2,\n"
+    )
     rows = jobs_mod.from_file(tmp_path / "grid.csv", cli_args(), {"style": 1})
-    assert [(j.prompt, j.style, j.seed) for j in rows] == [("a cat", [str(tmp_path / "x.png")], 1),
-                                                           ("a dog", [str(tmp_path / "y.png")], 2)]
+    assert [(j.prompt, j.style, j.seed) for j in rows] == [
+        ("a cat", [str(tmp_path / "x.png")], 1),
+        ("a dog", [str(tmp_path / "y.png")], 2),
+    ]
     assert rows[0].overrides == ["5.end_at=0.5", "5.style_weight=0.8"] and rows[1].overrides == []
     (tmp_path / "grid.json").write_text(json.dumps({"prompt": ["p", "q"], "style": ["s.png", "t.png"], "seed": [7]}))
     grid = jobs_mod.from_file(tmp_path / "grid.json", cli_args(), {"style": 1})
@@ -146,15 +188,20 @@ def test_batch_outputs_are_distinct(tmp_path):
     jobs = jobs_mod.from_command_line(cli_args(prompt=["a", "b"], seed=[5]), {})
     jobs_mod.assign_outputs(jobs, None, "deadiff_style_transfer", tmp_path)
     assert [j.output.name for j in jobs] == ["deadiff_style_transfer_001_5.png", "deadiff_style_transfer_002_5.png"]
-    jobs_mod.assign_outputs(jobs := jobs_mod.from_command_line(cli_args(prompt=["a", "b"]), {}), "out.png", "w",
-                            tmp_path)
+    jobs_mod.assign_outputs(
+        jobs := jobs_mod.from_command_line(cli_args(prompt=["a", "b"]), {}), "out.png", "w", tmp_path
+    )
     assert [j.output.name for j in jobs] == ["out-001.png", "out-002.png"]
     jobs = jobs_mod.from_command_line(cli_args(prompt=["a cat", "b"], seed=[1]), {})
     jobs_mod.assign_outputs(jobs, str(tmp_path / "{index}_{prompt}_{seed}.png"), "w", tmp_path)
     assert [j.output.name for j in jobs] == ["1_a_cat_1.png", "2_b_1.png"]
     with pytest.raises(jobs_mod.JobsError, match="would both write"):
-        jobs_mod.assign_outputs(jobs_mod.from_command_line(cli_args(prompt=["a", "b"]), {}),
-                                str(tmp_path / "same_{seed}.png"), "w", tmp_path)
+        jobs_mod.assign_outputs(
+            jobs_mod.from_command_line(cli_args(prompt=["a", "b"]), {}),
+            str(tmp_path / "same_{seed}.png"),
+            "w",
+            tmp_path,
+        )
 
 
 def test_models_folder_order(tmp_path, monkeypatch):
@@ -167,9 +214,9 @@ def test_models_folder_order(tmp_path, monkeypatch):
     resolve = models_home.resolve
     assert resolve(str(tmp_path / "m"), str(tmp_path / "b"), mine, mine).reason == "given with --models-dir"
     assert resolve(None, str(tmp_path / "b"), mine, mine).path == tmp_path / "b" / "models"
-    assert resolve(None, None, mine, mine).path == mine / "models"          # the ComfyUI holding the pack
-    assert resolve(None, None, mine, None).path == mine / "models"          # a ComfyUI the user named
-    home = resolve(None, None, pinned, None)                                # the development copy: never
+    assert resolve(None, None, mine, mine).path == mine / "models"  # the ComfyUI holding the pack
+    assert resolve(None, None, mine, None).path == mine / "models"  # a ComfyUI the user named
+    home = resolve(None, None, pinned, None)  # the development copy: never
     assert home.path == tmp_path / "xdg" / "comfyui-deadiff" / "models" and home.extra
     assert "per-user data folder" in home.reason
     monkeypatch.setenv(models_home.ENV_VAR, str(tmp_path / "shared"))

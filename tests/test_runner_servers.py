@@ -2,6 +2,7 @@
 as tests/conftest.py starts them) through ComfyUI's HTTP API, spread over both, and the same seed giving
 the same picture as a run in this machine's process. The servers load this pack and the test pack; the
 runner's test hook swaps Load Checkpoint for the test pack's tiny SD1.5 in what it queues."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,21 @@ def test_a_batch_spreads_over_two_servers_and_matches_the_local_run(two_servers,
     style = write_reference(tmp_path / "style.png", seed=4)
     small = ("--steps", "2", "--width", "64", "--height", "64", "--seed", "5")
     urls = [arg for server in two_servers for arg in ("--server", server.url)]
-    remote = run_cli(*urls, "--style", str(style), "--prompt", "a red barn", "--prompt", "a blue boat",
-                     "--prompt", "a green hill", *small, "--output", str(tmp_path / "remote") + "/", test_hook=True)
+    remote = run_cli(
+        *urls,
+        "--style",
+        str(style),
+        "--prompt",
+        "a red barn",
+        "--prompt",
+        "a blue boat",
+        "--prompt",
+        "a green hill",
+        *small,
+        "--output",
+        str(tmp_path / "remote") + "/",
+        test_hook=True,
+    )
     assert remote.returncode == 0, remote.stderr[-4000:]
     written = [Path(line) for line in remote.stdout.strip().splitlines()]
     assert len(written) == 3 and all(p.is_file() for p in written)
@@ -74,16 +88,26 @@ def test_a_batch_spreads_over_two_servers_and_matches_the_local_run(two_servers,
     base = tmp_path / "local"
     (base / "models" / "deadiff").mkdir(parents=True)
     deadiff_fakes.place(base / "models" / "deadiff", "deadiff_v1.ckpt", seed=0)
-    local = run_cli("--style", str(style), "--prompt", "a red barn", *small, "--output", str(tmp_path / "local.png"),
-                    base=base, test_hook=True)
+    local = run_cli(
+        "--style",
+        str(style),
+        "--prompt",
+        "a red barn",
+        *small,
+        "--output",
+        str(tmp_path / "local.png"),
+        base=base,
+        test_hook=True,
+    )
     assert local.returncode == 0, local.stderr[-4000:]
     assert np.array_equal(pixels(tmp_path / "local.png"), pixels(first)), "same seed, same picture"
 
 
 def test_server_problems_are_named(two_servers, tmp_path):
     style = write_reference(tmp_path / "style.png", seed=4)
-    missing = run_cli("--server", two_servers[0].url, "--style", str(style), "--set", "2.deadiff_name=other.ckpt",
-                      test_hook=True)
+    missing = run_cli(
+        "--server", two_servers[0].url, "--style", str(style), "--set", "2.deadiff_name=other.ckpt", test_hook=True
+    )
     assert missing.returncode == 2
     assert f"{two_servers[0].url} has no deadiff/other.ckpt (node 2, Load DEADiff Model)" in missing.stderr
     nobody = run_cli("--server", "http://127.0.0.1:9", "--style", str(style))

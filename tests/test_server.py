@@ -1,4 +1,5 @@
 """The pack inside the real ComfyUI server (main.py --cpu), as a user's browser talks to it."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,8 +44,7 @@ def test_object_info_lists_the_nodes_with_tooltips(server_with_weights):
     assert "deadiff_v1.ckpt" in loader_input[0]
     apply = info["DEADiffApply"]["input"]
     assert list(apply["required"]) == ["model", "deadiff", "style_weight", "content_weight", "start_at", "end_at"]
-    assert list(apply["optional"]) == ["style", "content", "attn_mask", "negative_style", "negative_content",
-                                       "routing"]
+    assert list(apply["optional"]) == ["style", "content", "attn_mask", "negative_style", "negative_content", "routing"]
     encoder = info["DEADiffStyleEncoder"]["input"]
     assert list(encoder["required"]) == ["deadiff", "image"], "batch_mode is optional: old workflows still load"
     assert encoder["optional"]["batch_mode"][1]["default"] == "concatenate"
@@ -61,11 +61,30 @@ def test_ksampler_graph_end_to_end(server_with_weights):
     loader = g.node("DEADiffModelLoader", deadiff_name="deadiff_v1.ckpt")
     image = g.node("DEADiffTest_ImageFromSeed", seed=7, width=120, height=90, batch_size=1, channels=3)
     style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0, style=style)
+    apply = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=3, steps=4, cfg=8.0, sampler_name="ddim",
-                    scheduler="ddim_uniform", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=3,
+        steps=4,
+        cfg=8.0,
+        sampler_name="ddim",
+        scheduler="ddim_uniform",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     decoded = g.node("VAEDecode", samples=sample, vae=tiny[2])
     g.node("SaveImage", images=decoded, filename_prefix="deadiff_server")
     entry = server_with_weights.run(g.prompt)
@@ -81,11 +100,23 @@ def test_bad_file_fails_the_prompt_and_the_server_keeps_serving(server_with_weig
     tiny = g.node("DEADiffTest_TinySD15", seed=0)
     pos = g.node("CLIPTextEncode", clip=tiny[1], text="a castle")
     loader = g.node("DEADiffModelLoader", deadiff_name="broken.ckpt")
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0)
+    apply = g.node(
+        "DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0, start_at=0.0, end_at=1.0
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=3, steps=1, cfg=1.0, sampler_name="euler",
-                    scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=3,
+        steps=1,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=pos,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key="after-bad")
     with pytest.raises(Exception) as failure:
         server_with_weights.run(g.prompt)

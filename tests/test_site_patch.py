@@ -1,4 +1,5 @@
 """One site's attn2 patch, called the way ComfyUI's BasicTransformerBlock calls it, against docs/design.md §6."""
+
 from __future__ import annotations
 
 import copy
@@ -28,16 +29,38 @@ def patched(comfy, official_sd):
     image = g.node("DEADiffTest_ImageFromSeed", seed=4, width=64, height=80, batch_size=1, channels=3)
     style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image)
     content = g.node("DEADiffContentEncoder", deadiff=loader, image=image)
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=0.8, content_weight=1.3,
-                   start_at=0.0, end_at=1.0, style=style, content=content)
+    apply = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=0.8,
+        content_weight=1.3,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+        content=content,
+    )
     mask = g.node("SolidMask", value=1.0, width=16, height=16)
-    masked = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                    start_at=0.0, end_at=1.0, style=style, attn_mask=mask)
+    masked = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=style,
+        attn_mask=mask,
+    )
     for i, node in enumerate((apply, masked, style, content)):
         g.node("DEADiffTest_Keep", value=node, key=f"site-patch-{i}")
     out = comfy.run(g.prompt)
-    return {"model": out[apply.id][0], "masked": out[masked.id][0], "style": out[style.id][0].tokens,
-            "content": out[content.id][0].tokens}
+    return {
+        "model": out[apply.id][0],
+        "masked": out[masked.id][0],
+        "style": out[style.id][0].tokens,
+        "content": out[content.id][0].tokens,
+    }
 
 
 def site_patch(model, block):
@@ -45,16 +68,29 @@ def site_patch(model, block):
 
 
 def call(patch, q, k, v, cond_or_uncond, shape):
-    return patch(q, k, v, {"n_heads": HEADS, "cond_or_uncond": list(cond_or_uncond), "attn_precision": None,
-                           "sigmas": torch.ones(q.shape[0]), "activations_shape": shape})
+    return patch(
+        q,
+        k,
+        v,
+        {
+            "n_heads": HEADS,
+            "cond_or_uncond": list(cond_or_uncond),
+            "attn_precision": None,
+            "sigmas": torch.ones(q.shape[0]),
+            "activations_shape": shape,
+        },
+    )
 
 
-@pytest.mark.parametrize("block,branch,weight,prefix", [
-    (("input", 1), "style", 0.8, "input_blocks.1.1"),
-    (("middle", 0), "content", 1.3, "middle_block.1"),
-    (("output", 4), "content", 1.3, "output_blocks.4.1"),
-    (("output", 11), "style", 0.8, "output_blocks.11.1"),
-])
+@pytest.mark.parametrize(
+    "block,branch,weight,prefix",
+    [
+        (("input", 1), "style", 0.8, "input_blocks.1.1"),
+        (("middle", 0), "content", 1.3, "middle_block.1"),
+        (("output", 4), "content", 1.3, "output_blocks.4.1"),
+        (("output", 11), "style", 0.8, "output_blocks.11.1"),
+    ],
+)
 @pytest.mark.parametrize("order", [(0, 1), (1, 0), (0,), (1,), (0, 0, 1)])
 def test_site_output_equals_spec(patched, official_sd, block, branch, weight, prefix, order):
     ckpt = f"model.diffusion_model.{prefix}.transformer_blocks.0.attn2."
@@ -92,8 +128,10 @@ def test_full_mask_equals_no_mask_and_patch_is_shared_by_clones(patched, officia
     e = patched["style"]
     ckpt = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
     i_to_k, i_to_v = official_sd[ckpt + "i_to_k.weight"], official_sd[ckpt + "i_to_v.weight"]
-    expected = [ref.site_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], [(tokens, 1.0)], i_to_k, i_to_v, HEADS)
-                for i, tokens in enumerate([e, torch.zeros_like(e)])]
+    expected = [
+        ref.site_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], [(tokens, 1.0)], i_to_k, i_to_v, HEADS)
+        for i, tokens in enumerate([e, torch.zeros_like(e)])
+    ]
     torch.testing.assert_close(unmasked_style_only, torch.cat(expected), rtol=1e-5, atol=1e-5)
     assert copy.deepcopy(masked) is masked
     clone = patched["masked"].clone()
@@ -126,7 +164,8 @@ def test_mask_keeps_image_tokens_inside_it(comfy, patched, official_sd):
         v_img = torch.cat([0.8 * e1 @ i_to_v.T, e2 @ i_to_v.T], 1)
         text = k.shape[1]
         bias = torch.zeros(1, h * w, text + 32)
-        bias[0, :, text + 16:] = torch.log(mask.flatten()).unsqueeze(-1)  # only the masked contribution's tokens
-        expected = ref.attention_with_bias(q[i:i + 1], torch.cat([k[i:i + 1], k_img], 1),
-                                           torch.cat([v[i:i + 1], v_img], 1), HEADS, bias)
-        torch.testing.assert_close(out[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+        bias[0, :, text + 16 :] = torch.log(mask.flatten()).unsqueeze(-1)  # only the masked contribution's tokens
+        expected = ref.attention_with_bias(
+            q[i : i + 1], torch.cat([k[i : i + 1], k_img], 1), torch.cat([v[i : i + 1], v_img], 1), HEADS, bias
+        )
+        torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-5)

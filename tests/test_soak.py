@@ -14,6 +14,7 @@ the loader runs every time). Then:
 - a prompt interrupted (POST /interrupt) in the middle of DEADiff sampling leaves the next prompts
   bit-identical to the fresh server's.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,8 @@ from graphs import Graph
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 SOAK_PROMPTS = 50
-VARIANTS = 25                    # prompts 1-25 and 26-50 are the same 25 variants with other values
-RSS_GROWTH_BOUND = 32 * 2**20    # bytes: resident memory after prompt 50 minus after prompt 25
+VARIANTS = 25  # prompts 1-25 and 26-50 are the same 25 variants with other values
+RSS_GROWTH_BOUND = 32 * 2**20  # bytes: resident memory after prompt 50 minus after prompt 25
 DEADIFF_FILES = ("soak_a.ckpt", "soak_b.safetensors")
 
 
@@ -49,8 +50,11 @@ def png_bytes(mode: str, width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-UPLOADS = {"soak_rgb.png": ("RGB", 300, 200, 1), "soak_rgba.png": ("RGBA", 128, 128, 2),
-           "soak_gray.png": ("L", 64, 96, 3)}
+UPLOADS = {
+    "soak_rgb.png": ("RGB", 300, 200, 1),
+    "soak_rgba.png": ("RGBA", 128, 128, 2),
+    "soak_gray.png": ("L", 64, 96, 3),
+}
 
 
 def prepare(server):
@@ -67,8 +71,14 @@ def reference_image(g: Graph, rng: random.Random, variant: int):
         loaded = g.node("LoadImage", image=rng.choice(sorted(UPLOADS)))
         return loaded[0], loaded[1]
     size = rng.choice([8, 64, 256, 1024])
-    return g.node("DEADiffTest_ImageFromSeed", seed=rng.randrange(1000), width=size, height=rng.choice([8, 64, 200]),
-                  batch_size=rng.randint(1, 4), channels=rng.choice([1, 3, 4]))[0], None
+    return g.node(
+        "DEADiffTest_ImageFromSeed",
+        seed=rng.randrange(1000),
+        width=size,
+        height=rng.choice([8, 64, 200]),
+        batch_size=rng.randint(1, 4),
+        channels=rng.choice([1, 3, 4]),
+    )[0], None
 
 
 def soak_prompt(index: int) -> dict:
@@ -77,8 +87,11 @@ def soak_prompt(index: int) -> dict:
     shape = random.Random(variant)
     g = Graph()
     tiny = g.node("DEADiffTest_TinySD15", seed=0)
-    pos = g.node("CLIPTextEncode", clip=tiny[1], text=rng.choice(["a castle", "a cat on a sofa, oil painting",
-                                                                 "a harbour at night " * 30]))
+    pos = g.node(
+        "CLIPTextEncode",
+        clip=tiny[1],
+        text=rng.choice(["a castle", "a cat on a sofa, oil painting", "a harbour at night " * 30]),
+    )
     neg = g.node("CLIPTextEncode", clip=tiny[1], text=rng.choice(["", "lowres, blurry"]))
     loader = g.node("DEADiffModelLoader", deadiff_name=DEADIFF_FILES[index % 2])
     model = tiny[0]
@@ -91,19 +104,43 @@ def soak_prompt(index: int) -> dict:
         if mask_kind == "solid":
             extra["attn_mask"] = g.node("SolidMask", value=rng.random(), width=rng.randint(1, 100), height=32)
         elif mask_kind == "wild":
-            extra["attn_mask"] = g.node("DEADiffTest_MaskFromSeed", seed=rng.randrange(1000), width=37, height=23,
-                                        batch_size=latent_batch, low=-1.0, high=2.0, nan_fraction=0.1)
+            extra["attn_mask"] = g.node(
+                "DEADiffTest_MaskFromSeed",
+                seed=rng.randrange(1000),
+                width=37,
+                height=23,
+                batch_size=latent_batch,
+                low=-1.0,
+                high=2.0,
+                nan_fraction=0.1,
+            )
         elif mask_kind == "alpha" and alpha_mask is not None:
             extra["attn_mask"] = alpha_mask
         start = round(rng.uniform(0.0, 0.5), 2)
-        model = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=round(rng.uniform(-1.0, 3.0), 2),
-                       content_weight=round(rng.uniform(0.0, 2.0), 2), start_at=start,
-                       end_at=round(rng.uniform(start, 1.0), 2), **extra)
+        model = g.node(
+            "DEADiffApply",
+            model=model,
+            deadiff=loader,
+            style_weight=round(rng.uniform(-1.0, 3.0), 2),
+            content_weight=round(rng.uniform(0.0, 2.0), 2),
+            start_at=start,
+            end_at=round(rng.uniform(start, 1.0), 2),
+            **extra,
+        )
     latent = g.node("EmptyLatentImage", width=64, height=shape.choice([64, 96]), batch_size=latent_batch)
-    sample = g.node("KSampler", model=model, seed=rng.randrange(10**6), steps=rng.randint(1, 4),
-                    cfg=shape.choice([1.0, 4.0, 8.0]), sampler_name=shape.choice(["euler", "ddim", "dpmpp_2m"]),
-                    scheduler=shape.choice(["normal", "karras"]), positive=pos, negative=neg, latent_image=latent,
-                    denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=model,
+        seed=rng.randrange(10**6),
+        steps=rng.randint(1, 4),
+        cfg=shape.choice([1.0, 4.0, 8.0]),
+        sampler_name=shape.choice(["euler", "ddim", "dpmpp_2m"]),
+        scheduler=shape.choice(["normal", "karras"]),
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     if shape.random() < 0.3:
         g.node("SaveImage", images=g.node("VAEDecode", samples=sample, vae=tiny[2]), filename_prefix="soak")
     g.node("DEADiffTest_SaveLatentFile", samples=sample, filename=f"soak_{index}.safetensors")
@@ -121,12 +158,31 @@ def check_prompt(kind: str, name: str) -> tuple[dict, str]:
     if kind == "deadiff":
         loader = g.node("DEADiffModelLoader", deadiff_name=DEADIFF_FILES[0])
         image = g.node("LoadImage", image="soak_rgba.png")
-        model = g.node("DEADiffApply", model=model, deadiff=loader, style_weight=1.0, content_weight=0.8,
-                       start_at=0.0, end_at=1.0, style=g.node("DEADiffStyleEncoder", deadiff=loader, image=image[0]),
-                       content=g.node("DEADiffContentEncoder", deadiff=loader, image=image[0]))
+        model = g.node(
+            "DEADiffApply",
+            model=model,
+            deadiff=loader,
+            style_weight=1.0,
+            content_weight=0.8,
+            start_at=0.0,
+            end_at=1.0,
+            style=g.node("DEADiffStyleEncoder", deadiff=loader, image=image[0]),
+            content=g.node("DEADiffContentEncoder", deadiff=loader, image=image[0]),
+        )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=model, seed=77, steps=3, cfg=7.0, sampler_name="euler", scheduler="normal",
-                    positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=model,
+        seed=77,
+        steps=3,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("SaveImage", images=g.node("VAEDecode", samples=sample, vae=tiny[2]), filename_prefix=name)
     g.node("DEADiffTest_SaveLatentFile", samples=sample, filename=f"{name}.safetensors")
     return g.prompt, sample.id
@@ -139,8 +195,11 @@ def run_check(server, kind: str, name: str) -> dict:
     images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
     assert len(images) == 1
     pixels = np.asarray(Image.open(server.base / "output" / images[0]["subfolder"] / images[0]["filename"]))
-    return {"latent": load_file(str(server.base / "output" / f"{name}.safetensors"))["samples"],
-            "pixels": pixels, "sampler_ran": sampler not in cached}
+    return {
+        "latent": load_file(str(server.base / "output" / f"{name}.safetensors"))["samples"],
+        "pixels": pixels,
+        "sampler_ran": sampler not in cached,
+    }
 
 
 def assert_identical(result: dict, expected: dict, why: str):
@@ -169,8 +228,10 @@ def soak():
         soak_server, fresh = servers["soak"], servers["fresh"]
         for server in (soak_server, fresh):
             prepare(server)
-        state = {"server": soak_server, "fresh": {kind: run_check(fresh, kind, f"fresh_{kind}")
-                                                 for kind in ("plain", "deadiff")}}
+        state = {
+            "server": soak_server,
+            "fresh": {kind: run_check(fresh, kind, f"fresh_{kind}") for kind in ("plain", "deadiff")},
+        }
         state["first"] = run_check(soak_server, "deadiff", "soak_first")
         rss = []
         for index in range(SOAK_PROMPTS):
@@ -193,12 +254,15 @@ def test_resident_memory_stays_flat(soak):
     assert len(rss) == SOAK_PROMPTS
     warm = rss[VARIANTS - 1]
     growth = max(rss[VARIANTS:]) - warm
-    print(f"soak RSS after prompt {VARIANTS}: {warm / 2**20:.0f} MiB; max over prompts {VARIANTS + 1}-"
-          f"{SOAK_PROMPTS}: {max(rss[VARIANTS:]) / 2**20:.0f} MiB; last: {rss[-1] / 2**20:.0f} MiB; "
-          f"growth {growth / 2**20:.1f} MiB (bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)")
+    print(
+        f"soak RSS after prompt {VARIANTS}: {warm / 2**20:.0f} MiB; max over prompts {VARIANTS + 1}-"
+        f"{SOAK_PROMPTS}: {max(rss[VARIANTS:]) / 2**20:.0f} MiB; last: {rss[-1] / 2**20:.0f} MiB; "
+        f"growth {growth / 2**20:.1f} MiB (bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)"
+    )
     assert growth <= RSS_GROWTH_BOUND, (
         f"resident memory grew by {growth / 2**20:.1f} MiB over prompts {VARIANTS + 1}-{SOAK_PROMPTS} "
-        f"(bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB); per prompt: {[round(r / 2**20) for r in rss]}")
+        f"(bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB); per prompt: {[round(r / 2**20) for r in rss]}"
+    )
 
 
 def test_no_patch_leaks_after_deadiff_prompts(soak):
@@ -220,14 +284,32 @@ def gated_prompt(marker: str) -> dict:
     loader = g.node("DEADiffModelLoader", deadiff_name=DEADIFF_FILES[1])
     image = g.node("DEADiffTest_ImageFromSeed", seed=5, width=64, height=64, batch_size=2, channels=3)
     mask = g.node("SolidMask", value=0.5, width=32, height=32)
-    model = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=0.0, end_at=1.0, style=g.node("DEADiffStyleEncoder", deadiff=loader, image=image),
-                   attn_mask=mask)
+    model = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        style=g.node("DEADiffStyleEncoder", deadiff=loader, image=image),
+        attn_mask=mask,
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
     sigmas = g.node("BasicScheduler", model=model, scheduler="normal", steps=20, denoise=1.0)
     sampler = g.node("DEADiffTest_GatedSampler", marker=marker, hold_seconds=120.0)
-    sample = g.node("SamplerCustom", model=model, add_noise=True, noise_seed=3, cfg=6.0, positive=pos,
-                    negative=neg, sampler=sampler, sigmas=sigmas, latent_image=latent)
+    sample = g.node(
+        "SamplerCustom",
+        model=model,
+        add_noise=True,
+        noise_seed=3,
+        cfg=6.0,
+        positive=pos,
+        negative=neg,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent,
+    )
     g.node("DEADiffTest_SaveLatentFile", samples=sample, filename="interrupted.safetensors")
     return g.prompt
 
@@ -245,7 +327,13 @@ def test_interrupt_mid_sampling_leaves_the_next_prompts_correct(soak):
     events = [event for event, _ in entry["status"]["messages"]]
     assert entry["status"]["status_str"] == "error" and "execution_interrupted" in events, entry["status"]
     assert not (server.base / "output" / "interrupted.safetensors").exists()
-    assert_identical(run_check(server, "deadiff", "after_interrupt_deadiff"), soak["fresh"]["deadiff"],
-                     "DEADiff after an interrupted DEADiff prompt vs a fresh server")
-    assert_identical(run_check(server, "plain", "after_interrupt_plain"), soak["fresh"]["plain"],
-                     "plain SD1.5 after an interrupted DEADiff prompt vs a fresh server")
+    assert_identical(
+        run_check(server, "deadiff", "after_interrupt_deadiff"),
+        soak["fresh"]["deadiff"],
+        "DEADiff after an interrupted DEADiff prompt vs a fresh server",
+    )
+    assert_identical(
+        run_check(server, "plain", "after_interrupt_plain"),
+        soak["fresh"]["plain"],
+        "plain SD1.5 after an interrupted DEADiff prompt vs a fresh server",
+    )

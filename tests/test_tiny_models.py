@@ -4,6 +4,7 @@ Everything runs through the real ComfyUI booted by the `comfy` fixture: its vali
 samplers, model patcher, LoRA loader and ControlNet code. Latents are 8x8 (64x64 images) and
 samplers take 2-3 steps, so the whole file takes seconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,16 @@ SD15_ATTN2_SITES = {
 }
 
 
-def txt2img(seed=0, positive="a red fox in the snow", negative="blurry", steps=3, cfg=4.0, model_seed=0,
-            capture_key="latent", save_prefix=None):
+def txt2img(
+    seed=0,
+    positive="a red fox in the snow",
+    negative="blurry",
+    steps=3,
+    cfg=4.0,
+    model_seed=0,
+    capture_key="latent",
+    save_prefix=None,
+):
     """API-format txt2img graph on the tiny SD1.5: node ids model, pos, neg, latent, sample, decode,
     capture (the output node that makes ComfyUI run the rest) and, with `save_prefix`, save."""
     g = {
@@ -29,10 +38,21 @@ def txt2img(seed=0, positive="a red fox in the snow", negative="blurry", steps=3
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["model", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["model", 1]}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
-            "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0],
-            "latent_image": ["latent", 0], "denoise": 1.0}},
+        "sample": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["model", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["latent", 0],
+                "denoise": 1.0,
+            },
+        },
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["model", 2]}},
     }
     g["capture"] = {"class_type": "DEADiffTest_CaptureLatent", "inputs": {"samples": ["sample", 0], "key": capture_key}}
@@ -43,8 +63,13 @@ def txt2img(seed=0, positive="a red fox in the snow", negative="blurry", steps=3
 
 def keep(node_id, output=0, key="kept", **node):
     """A graph fragment: `node` (class_type/inputs) plus a DEADiffTest_Keep output node reading it."""
-    return {node_id: node, f"keep_{node_id}_{output}": {"class_type": "DEADiffTest_Keep",
-                                                         "inputs": {"value": [node_id, output], "key": key}}}
+    return {
+        node_id: node,
+        f"keep_{node_id}_{output}": {
+            "class_type": "DEADiffTest_Keep",
+            "inputs": {"value": [node_id, output], "key": key},
+        },
+    }
 
 
 def latent_of(results):
@@ -63,8 +88,16 @@ def baseline(comfy):
 
 
 def test_pack_nodes_are_registered_with_tooltips_and_descriptions(comfy):
-    ids = ["DEADiffTest_TinySD15", "DEADiffTest_TinySDXL", "DEADiffTest_TinyControlNet", "DEADiffTest_SaveTinyLora",
-           "DEADiffTest_ImageFromSeed", "DEADiffTest_CaptureLatent", "DEADiffTest_CaptureImage", "DEADiffTest_Keep"]
+    ids = [
+        "DEADiffTest_TinySD15",
+        "DEADiffTest_TinySDXL",
+        "DEADiffTest_TinyControlNet",
+        "DEADiffTest_SaveTinyLora",
+        "DEADiffTest_ImageFromSeed",
+        "DEADiffTest_CaptureLatent",
+        "DEADiffTest_CaptureImage",
+        "DEADiffTest_Keep",
+    ]
     for node_id in ids:
         cls = comfy.nodes.NODE_CLASS_MAPPINGS[node_id]
         assert cls.CATEGORY == "DEADiff/testing"
@@ -119,11 +152,22 @@ def test_controlnet_changes_the_result(comfy, baseline):
     def graph(strength):
         g = txt2img()
         g["cnet"] = {"class_type": "DEADiffTest_TinyControlNet", "inputs": {"seed": 0}}
-        g["hint"] = {"class_type": "DEADiffTest_ImageFromSeed",
-                     "inputs": {"seed": 5, "width": 64, "height": 64, "batch_size": 1, "channels": 3}}
-        g["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cnet", 0], "image": ["hint", 0],
-            "strength": strength, "start_percent": 0.0, "end_percent": 1.0}}
+        g["hint"] = {
+            "class_type": "DEADiffTest_ImageFromSeed",
+            "inputs": {"seed": 5, "width": 64, "height": 64, "batch_size": 1, "channels": 3},
+        }
+        g["apply"] = {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "control_net": ["cnet", 0],
+                "image": ["hint", 0],
+                "strength": strength,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+            },
+        }
         g["sample"]["inputs"]["positive"] = ["apply", 0]
         g["sample"]["inputs"]["negative"] = ["apply", 1]
         return g
@@ -145,8 +189,10 @@ def test_lora_from_models_loras_changes_the_result_and_leaves_the_base_model_alo
 
     def graph(strength):
         g = txt2img()
-        g["lora"] = {"class_type": "LoraLoaderModelOnly",
-                     "inputs": {"model": ["model", 0], "lora_name": name, "strength_model": strength}}
+        g["lora"] = {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["model", 0], "lora_name": name, "strength_model": strength},
+        }
         g["sample"]["inputs"]["model"] = ["lora", 0]
         return g
 
@@ -211,15 +257,26 @@ def test_tiny_sd15_has_the_sd15_attn2_sites(comfy, pack):
 
     detected = model_detection.detect_unet_config(model.model.state_dict(), "diffusion_model.")
     expected = pack.sd15_unet_config(64, 32)
-    for key in ("num_res_blocks", "channel_mult", "transformer_depth", "transformer_depth_middle",
-                "transformer_depth_output", "context_dim", "model_channels", "use_linear_in_transformer",
-                "in_channels", "adm_in_channels"):
+    for key in (
+        "num_res_blocks",
+        "channel_mult",
+        "transformer_depth",
+        "transformer_depth_middle",
+        "transformer_depth_output",
+        "context_dim",
+        "model_channels",
+        "use_linear_in_transformer",
+        "in_channels",
+        "adm_in_channels",
+    ):
         assert detected[key] == expected[key], key
 
 
 def test_clip_and_dims_follow_the_inputs(comfy):
-    g = {"m": {"class_type": "DEADiffTest_TinySD15", "inputs": {"seed": 3, "context_dim": 96, "model_channels": 64}},
-         **keep("c", class_type="CLIPTextEncode", inputs={"text": "a cat", "clip": ["m", 1]})}
+    g = {
+        "m": {"class_type": "DEADiffTest_TinySD15", "inputs": {"seed": 3, "context_dim": 96, "model_channels": 64}},
+        **keep("c", class_type="CLIPTextEncode", inputs={"text": "a cat", "clip": ["m", 1]}),
+    }
     results = comfy.run(g)
     cond = results["c"][0]
     assert cond[0][0].shape == (1, 77, 96)
@@ -239,9 +296,9 @@ def test_models_are_cached_but_handed_out_as_clones(comfy):
 
     a = comfy.run(graph())["m"]
     b = comfy.run(graph())["m"]
-    assert a[0] is not b[0] and a[0].model is b[0].model        # MODEL: clones of one cached patcher
+    assert a[0] is not b[0] and a[0].model is b[0].model  # MODEL: clones of one cached patcher
     assert a[1] is not b[1] and a[1].cond_stage_model is b[1].cond_stage_model
-    assert a[2] is b[2]                                          # VAE: shared, nothing patches it
+    assert a[2] is b[2]  # VAE: shared, nothing patches it
 
 
 def test_same_seed_builds_bit_identical_weights(comfy, pack):
@@ -279,8 +336,13 @@ def test_tiny_sdxl_samples_with_the_tiny_clip(comfy):
 
 
 def test_image_from_seed(comfy, pack):
-    g = {f"i{c}": {"class_type": "DEADiffTest_ImageFromSeed",
-                   "inputs": {"seed": 2, "width": 48, "height": 32, "batch_size": 2, "channels": c}} for c in (1, 3, 4)}
+    g = {
+        f"i{c}": {
+            "class_type": "DEADiffTest_ImageFromSeed",
+            "inputs": {"seed": 2, "width": 48, "height": 32, "batch_size": 2, "channels": c},
+        }
+        for c in (1, 3, 4)
+    }
     g["cap"] = {"class_type": "DEADiffTest_CaptureImage", "inputs": {"images": ["i3", 0], "key": "img"}}
     g["cap1"] = {"class_type": "DEADiffTest_CaptureImage", "inputs": {"images": ["i1", 0], "key": "img1"}}
     g["cap4"] = {"class_type": "DEADiffTest_CaptureImage", "inputs": {"images": ["i4", 0], "key": "img4"}}
@@ -297,11 +359,15 @@ def test_image_from_seed(comfy, pack):
 
 
 def test_vae_encode_decode_round_trip_shapes(comfy):
-    g = {"m": {"class_type": "DEADiffTest_TinySD15", "inputs": {"seed": 0}},
-         "img": {"class_type": "DEADiffTest_ImageFromSeed",
-                 "inputs": {"seed": 1, "width": 64, "height": 64, "batch_size": 1, "channels": 3}},
-         "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["m", 2]}},
-         **keep("dec", class_type="VAEDecode", inputs={"samples": ["enc", 0], "vae": ["m", 2]})}
+    g = {
+        "m": {"class_type": "DEADiffTest_TinySD15", "inputs": {"seed": 0}},
+        "img": {
+            "class_type": "DEADiffTest_ImageFromSeed",
+            "inputs": {"seed": 1, "width": 64, "height": 64, "batch_size": 1, "channels": 3},
+        },
+        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["img", 0], "vae": ["m", 2]}},
+        **keep("dec", class_type="VAEDecode", inputs={"samples": ["enc", 0], "vae": ["m", 2]}),
+    }
     results = comfy.run(g)
     latent = results["enc"][0]["samples"]
     assert latent.shape == (1, 4, 8, 8)

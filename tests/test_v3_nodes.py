@@ -5,6 +5,7 @@ tests/data/saved_before_v3 holds what the pack's V1 nodes (main before the move)
 saved it (UI format) and queued it (API format); make_fixture.py there says how they were made. A
 workflow shared before the move must load, convert, validate and run unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +23,22 @@ from ui_to_api import to_api
 SAVED = Path(__file__).resolve().parent / "data" / "saved_before_v3"
 PACK_NODES = json.loads((SAVED / "object_info.json").read_text(encoding="utf-8"))
 # combo inputs whose choices are files on the machine (compared by type, not by their current list)
-FILE_LISTS = {("DEADiffModelLoader", "deadiff_name"), ("DEADiffLoadStyle", "tokens_file"),
-              ("DEADiffLoadContent", "tokens_file")}
+FILE_LISTS = {
+    ("DEADiffModelLoader", "deadiff_name"),
+    ("DEADiffLoadStyle", "tokens_file"),
+    ("DEADiffLoadContent", "tokens_file"),
+}
 # what nodes gained since that snapshot, only ever at the END of their optional inputs and outputs, so
 # saved workflows keep their widget values and links
-ADDED_OPTIONAL = {"DEADiffStyleEncoder": ["resize_mode", "pad_color", "reference_mask"],
-                  "DEADiffContentEncoder": ["resize_mode", "pad_color", "reference_mask"]}
-ADDED_OUTPUTS = {"DEADiffStyleEncoder": ["preview"], "DEADiffContentEncoder": ["preview"],
-                 "DEADiffSaveTokens": ["tokens_file"]}
+ADDED_OPTIONAL = {
+    "DEADiffStyleEncoder": ["resize_mode", "pad_color", "reference_mask"],
+    "DEADiffContentEncoder": ["resize_mode", "pad_color", "reference_mask"],
+}
+ADDED_OUTPUTS = {
+    "DEADiffStyleEncoder": ["preview"],
+    "DEADiffContentEncoder": ["preview"],
+    "DEADiffSaveTokens": ["tokens_file"],
+}
 
 
 def load_saved(name: str):
@@ -59,10 +68,10 @@ def test_object_info_keeps_the_contract_of_the_v1_nodes(comfy_server):
         added = len(ADDED_OUTPUTS.get(node_id, []))
         assert now["output_name"] == before["output_name"] + ADDED_OUTPUTS.get(node_id, []), node_id
         for key in ("output", "output_is_list"):
-            kept = now[key][:len(now[key]) - added]
+            kept = now[key][: len(now[key]) - added]
             assert kept == before[key], f"{node_id}.{key}: {now[key]!r} does not start with {before[key]!r}"
         # a V1 node without outputs sent no output_tooltips; V3 sends an empty list
-        kept_tooltips = (now.get("output_tooltips") or [])[:len(before["output"])]
+        kept_tooltips = (now.get("output_tooltips") or [])[: len(before["output"])]
         assert kept_tooltips == (before.get("output_tooltips") or []), node_id
         for section in ("required", "optional"):
             old, new = before["input"].get(section, {}), now["input"].get(section, {})
@@ -109,11 +118,30 @@ def small_graph(deadiff_name, batch_mode="concatenate", start_at=0.0, end_at=1.0
     image = g.node("DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=1, channels=3)
     style = g.node("DEADiffStyleEncoder", deadiff=loader, image=image, batch_mode=batch_mode)
     mixed = g.node("DEADiffMixStyles", mode=mode, style_1=style, weight_1=1.0, style_2=style, weight_2=1.0)
-    apply = g.node("DEADiffApply", model=tiny[0], deadiff=loader, style_weight=1.0, content_weight=1.0,
-                   start_at=start_at, end_at=end_at, style=mixed)
+    apply = g.node(
+        "DEADiffApply",
+        model=tiny[0],
+        deadiff=loader,
+        style_weight=1.0,
+        content_weight=1.0,
+        start_at=start_at,
+        end_at=end_at,
+        style=mixed,
+    )
     latent = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
-    sample = g.node("KSampler", model=apply, seed=1, steps=1, cfg=8.0, sampler_name="euler",
-                    scheduler="normal", positive=pos, negative=pos, latent_image=latent, denoise=1.0)
+    sample = g.node(
+        "KSampler",
+        model=apply,
+        seed=1,
+        steps=1,
+        cfg=8.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=pos,
+        latent_image=latent,
+        denoise=1.0,
+    )
     g.node("DEADiffTest_CaptureLatent", samples=sample, key="v3-validation")
     return g.prompt
 
@@ -123,13 +151,16 @@ def deadiff_name(comfy):
     return deadiff_fakes.place(comfy.base / "models" / "deadiff", "deadiff_v1.ckpt", seed=0)
 
 
-@pytest.mark.parametrize("change,words", [
-    (dict(deadiff_name="not_there.ckpt"), "Value not in list: deadiff_name 'not_there.ckpt'"),
-    (dict(batch_mode="median"), "Value not in list: batch_mode 'median'"),
-    (dict(mode="product"), "Value not in list: mode 'product'"),
-    (dict(start_at=0.8, end_at=0.2), "start_at (0.8) is after end_at (0.2)"),
-    (dict(start_at=1.5), "start_at: Value 1.5 bigger than max of 1.0"),
-])
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (dict(deadiff_name="not_there.ckpt"), "Value not in list: deadiff_name 'not_there.ckpt'"),
+        (dict(batch_mode="median"), "Value not in list: batch_mode 'median'"),
+        (dict(mode="product"), "Value not in list: mode 'product'"),
+        (dict(start_at=0.8, end_at=0.2), "start_at (0.8) is after end_at (0.2)"),
+        (dict(start_at=1.5), "start_at: Value 1.5 bigger than max of 1.0"),
+    ],
+)
 def test_bad_values_are_refused_when_the_prompt_is_queued(comfy, deadiff_name, change, words):
     """Refused by validation (nothing runs), with the same words on every ComfyUI version: 0.3.75 does
     not check V3 lists itself, so the nodes do."""
@@ -166,8 +197,9 @@ def test_saved_workflow_converts_to_the_prompt_the_front_end_queued(comfy):
     assert converted.keys() == queued.keys()
     for node_id, node in queued.items():
         ours = node["class_type"] in PACK_NODES
-        assert {k: v for k, v in converted[node_id].items() if ours or k != "_meta"} == \
-               {k: v for k, v in node.items() if ours or k != "_meta"}, node_id
+        assert {k: v for k, v in converted[node_id].items() if ours or k != "_meta"} == {
+            k: v for k, v in node.items() if ours or k != "_meta"
+        }, node_id
 
 
 def test_saved_workflow_validates_and_runs_with_its_values(comfy, saved_tokens):

@@ -1,4 +1,5 @@
 """Workflows shared before a node gained an optional widget still load (node inputs are a contract)."""
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ Loaded by `-p tiers` in pyproject.toml's addopts. A test file not listed below i
 with a set of names is fast for those tests only. Keep the tier small: add a test here only if it is
 quick and checks something the rest of the tier does not.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,10 +30,12 @@ FAST: dict[str, set[str] | None] = {
     # Apply against the reference; two Apply nodes; mix, save/load, routing nodes; another pack's patch
     "test_tiny_models.py": {"test_pack_nodes_are_registered_with_tooltips_and_descriptions"},
     "test_apply.py": {"test_prediction_matches_reference[True-True-1.0]", "test_two_apply_nodes_compose"},
-    "test_beyond_paper.py": {"test_mix_nodes_weighted_sum_and_concatenate_through_the_executor",
-                             "test_save_and_load_tokens_through_the_executor",
-                             "test_custom_routing_at_the_sites",
-                             "test_two_masked_applies_give_two_regional_styles"},
+    "test_beyond_paper.py": {
+        "test_mix_nodes_weighted_sum_and_concatenate_through_the_executor",
+        "test_save_and_load_tokens_through_the_executor",
+        "test_custom_routing_at_the_sites",
+        "test_two_masked_applies_give_two_regional_styles",
+    },
     "test_composition.py": {"test_another_packs_attn2_replace_is_never_dropped"},
     "test_workflow_compat.py": None,
     # one test against the real server (main.py in a subprocess)

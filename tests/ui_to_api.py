@@ -4,6 +4,7 @@ The converter itself lives in `deadiff_runner.workflow_api`, because the headles
 example workflows through it; this module is the tests' entry point to it (and makes the repository
 root importable when pytest was started without it on sys.path).
 """
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@ Loaded by ComfyUI like any custom node pack (the test harness links this folder 
 and are re-exported here, so a test holding this module (`comfy.module("DEADiffTest_TinySD15")`)
 can call `write_tiny_lora`, `tiny_sd15`, ... and read `CAPTURED` directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,29 +43,58 @@ CATEGORY = "DEADiff/testing"
 # key -> tensor captured by DEADiffTest_CaptureLatent / DEADiffTest_CaptureImage (this process only)
 CAPTURED: dict[str, torch.Tensor] = {}
 
-_SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
-                 "tooltip": "Seed for every random weight; the same seed always gives bit-identical weights."})
-_CONTEXT_DIM = ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8,
-                        "tooltip": "Cross-attention context width = the text encoder's hidden size (768 in real SD1.5)."})
-_MODEL_CHANNELS = ("INT", {"default": 32, "min": 32, "max": 320, "step": 32,
-                           "tooltip": "UNet base width (320 in real SD1.5); attn2 widths are 1x, 2x, 4x this."})
+_SEED = (
+    "INT",
+    {
+        "default": 0,
+        "min": 0,
+        "max": 0xFFFFFFFF,
+        "tooltip": "Seed for every random weight; the same seed always gives bit-identical weights.",
+    },
+)
+_CONTEXT_DIM = (
+    "INT",
+    {
+        "default": 64,
+        "min": 8,
+        "max": 1024,
+        "step": 8,
+        "tooltip": "Cross-attention context width = the text encoder's hidden size (768 in real SD1.5).",
+    },
+)
+_MODEL_CHANNELS = (
+    "INT",
+    {
+        "default": 32,
+        "min": 32,
+        "max": 320,
+        "step": 32,
+        "tooltip": "UNet base width (320 in real SD1.5); attn2 widths are 1x, 2x, 4x this.",
+    },
+)
 
 
 class DEADiffTest_TinySD15:
-    DESCRIPTION = ("Test only. A tiny random SD1.5-shaped checkpoint made of ComfyUI's own classes: the SD15 "
-                   "model config with the full SD1.5 UNet topology (16 cross-attention sites) at small widths, "
-                   "a tiny CLIP-L text encoder with the real SD1 tokenizer, and a random TAESD VAE.")
+    DESCRIPTION = (
+        "Test only. A tiny random SD1.5-shaped checkpoint made of ComfyUI's own classes: the SD15 "
+        "model config with the full SD1.5 UNet topology (16 cross-attention sites) at small widths, "
+        "a tiny CLIP-L text encoder with the real SD1 tokenizer, and a random TAESD VAE."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = ("Tiny SD1.5 UNet (eps prediction, SD1.5 latent format, 4 latent channels).",
-                       "Tiny CLIP-L text encoder; CLIPTextEncode gives (B, 77, context_dim) conditioning.",
-                       "Random TAESD VAE (8x down/up scaling, 4 latent channels).")
+    OUTPUT_TOOLTIPS = (
+        "Tiny SD1.5 UNet (eps prediction, SD1.5 latent format, 4 latent channels).",
+        "Tiny CLIP-L text encoder; CLIPTextEncode gives (B, 77, context_dim) conditioning.",
+        "Random TAESD VAE (8x down/up scaling, 4 latent channels).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": _SEED},
-                "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS}}
+        return {
+            "required": {"seed": _SEED},
+            "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS},
+        }
 
     def load(self, seed, context_dim=64, model_channels=32):
         model, clip, vae = tiny_sd15(seed, context_dim, model_channels)
@@ -73,8 +103,10 @@ class DEADiffTest_TinySD15:
 
 
 class DEADiffTest_TinySDXL:
-    DESCRIPTION = ("Test only. A tiny random SDXL-shaped model (ComfyUI's SDXL model config and model class, "
-                   "with the size/crop adm conditioning), for checking that SD1.5-only nodes refuse it.")
+    DESCRIPTION = (
+        "Test only. A tiny random SDXL-shaped model (ComfyUI's SDXL model config and model class, "
+        "with the size/crop adm conditioning), for checking that SD1.5-only nodes refuse it."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL",)
@@ -82,17 +114,28 @@ class DEADiffTest_TinySDXL:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": _SEED},
-                "optional": {"context_dim": (_CONTEXT_DIM[0], {**_CONTEXT_DIM[1], "tooltip":
-                             "Cross-attention context width; the adm input is this (pooled text) + 6 x 256."})}}
+        return {
+            "required": {"seed": _SEED},
+            "optional": {
+                "context_dim": (
+                    _CONTEXT_DIM[0],
+                    {
+                        **_CONTEXT_DIM[1],
+                        "tooltip": "Cross-attention context width; the adm input is this (pooled text) + 6 x 256.",
+                    },
+                )
+            },
+        }
 
     def load(self, seed, context_dim=64):
         return (tiny_sdxl(seed, context_dim).clone(),)
 
 
 class DEADiffTest_TinyControlNet:
-    DESCRIPTION = ("Test only. A tiny random ControlNet (ComfyUI's cldm ControlNet) matching the tiny SD1.5 "
-                   "UNet of the same widths; its output convs are random, not zero, so it changes the result.")
+    DESCRIPTION = (
+        "Test only. A tiny random ControlNet (ComfyUI's cldm ControlNet) matching the tiny SD1.5 "
+        "UNet of the same widths; its output convs are random, not zero, so it changes the result."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("CONTROL_NET",)
@@ -100,17 +143,21 @@ class DEADiffTest_TinyControlNet:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": _SEED},
-                "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS}}
+        return {
+            "required": {"seed": _SEED},
+            "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS},
+        }
 
     def load(self, seed, context_dim=64, model_channels=32):
         return (tiny_controlnet(seed, context_dim, model_channels),)
 
 
 class DEADiffTest_SaveTinyLora:
-    DESCRIPTION = ("Test only. Writes a random kohya-format LoRA for the tiny SD1.5 UNet (attn2 to_q/to_k/"
-                   "to_v/to_out at all 16 sites and one conv) into models/loras. A graph validates its "
-                   "LoraLoader inputs before it runs, so load the file in a later prompt.")
+    DESCRIPTION = (
+        "Test only. Writes a random kohya-format LoRA for the tiny SD1.5 UNet (attn2 to_q/to_k/"
+        "to_v/to_out at all 16 sites and one conv) into models/loras. A graph validates its "
+        "LoraLoader inputs before it runs, so load the file in a later prompt."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -120,14 +167,30 @@ class DEADiffTest_SaveTinyLora:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "filename": ("STRING", {"default": "deadiff_tiny_lora.safetensors",
-                                    "tooltip": "File name inside the first models/loras folder."}),
-            "seed": _SEED,
-            "rank": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "LoRA rank (alpha = rank)."}),
-            "strength_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.01,
-                                         "tooltip": "Size of each patched layer's change relative to its output, at strength 1."}),
-        }, "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS}}
+        return {
+            "required": {
+                "filename": (
+                    "STRING",
+                    {
+                        "default": "deadiff_tiny_lora.safetensors",
+                        "tooltip": "File name inside the first models/loras folder.",
+                    },
+                ),
+                "seed": _SEED,
+                "rank": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "LoRA rank (alpha = rank)."}),
+                "strength_scale": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "Size of each patched layer's change relative to its output, at strength 1.",
+                    },
+                ),
+            },
+            "optional": {"context_dim": _CONTEXT_DIM, "model_channels": _MODEL_CHANNELS},
+        }
 
     def save(self, filename, seed, rank, strength_scale, context_dim=64, model_channels=32):
         name = os.path.basename(filename.strip())
@@ -140,7 +203,9 @@ class DEADiffTest_SaveTinyLora:
 
 
 class DEADiffTest_ImageFromSeed:
-    DESCRIPTION = "Test only. A smooth random image batch in 0..1 (ComfyUI layout B, H, W, C), the same for the same inputs."
+    DESCRIPTION = (
+        "Test only. A smooth random image batch in 0..1 (ComfyUI layout B, H, W, C), the same for the same inputs."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = ("IMAGE",)
@@ -148,14 +213,18 @@ class DEADiffTest_ImageFromSeed:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "seed": _SEED,
-            "width": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8, "tooltip": "Width in pixels."}),
-            "height": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8, "tooltip": "Height in pixels."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of images."}),
-            "channels": ("INT", {"default": 3, "min": 1, "max": 4,
-                                 "tooltip": "1 (grey), 3 (RGB) or 4 (RGBA); 2 is refused."}),
-        }}
+        return {
+            "required": {
+                "seed": _SEED,
+                "width": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8, "tooltip": "Width in pixels."}),
+                "height": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8, "tooltip": "Height in pixels."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of images."}),
+                "channels": (
+                    "INT",
+                    {"default": 3, "min": 1, "max": 4, "tooltip": "1 (grey), 3 (RGB) or 4 (RGBA); 2 is refused."},
+                ),
+            }
+        }
 
     def make(self, seed, width, height, batch_size, channels):
         return (image_from_seed(seed, width, height, batch_size, channels),)
@@ -168,8 +237,10 @@ def _summary(key, tensor):
 
 
 class DEADiffTest_CaptureLatent:
-    DESCRIPTION = ("Test only. Output node that keeps a copy of a LATENT's samples in this process "
-                   "(CAPTURED[key]) and reports its shape and sum in the UI output (the server's /history).")
+    DESCRIPTION = (
+        "Test only. Output node that keeps a copy of a LATENT's samples in this process "
+        "(CAPTURED[key]) and reports its shape and sum in the UI output (the server's /history)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "capture"
     OUTPUT_NODE = True
@@ -177,10 +248,12 @@ class DEADiffTest_CaptureLatent:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "samples": ("LATENT", {"tooltip": "The latent to capture."}),
-            "key": ("STRING", {"default": "latent", "tooltip": "Name to store it under in CAPTURED."}),
-        }}
+        return {
+            "required": {
+                "samples": ("LATENT", {"tooltip": "The latent to capture."}),
+                "key": ("STRING", {"default": "latent", "tooltip": "Name to store it under in CAPTURED."}),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
@@ -191,8 +264,10 @@ class DEADiffTest_CaptureLatent:
 
 
 class DEADiffTest_CaptureImage:
-    DESCRIPTION = ("Test only. Output node that keeps a copy of an IMAGE in this process (CAPTURED[key]) "
-                   "and reports its shape and sum in the UI output (the server's /history).")
+    DESCRIPTION = (
+        "Test only. Output node that keeps a copy of an IMAGE in this process (CAPTURED[key]) "
+        "and reports its shape and sum in the UI output (the server's /history)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "capture"
     OUTPUT_NODE = True
@@ -200,10 +275,12 @@ class DEADiffTest_CaptureImage:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "The image batch to capture."}),
-            "key": ("STRING", {"default": "image", "tooltip": "Name to store it under in CAPTURED."}),
-        }}
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The image batch to capture."}),
+                "key": ("STRING", {"default": "image", "tooltip": "Name to store it under in CAPTURED."}),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
@@ -226,9 +303,11 @@ ANY = _AnyType("*")
 
 
 class DEADiffTest_Keep:
-    DESCRIPTION = ("Test only. Output node that accepts any value (MODEL, CLIP, CONDITIONING, ...) and keeps it "
-                   "in this process as CAPTURED[key], so a graph whose interesting result is not a latent or an "
-                   "image still has an output and still runs. Reports the value's Python type in the UI output.")
+    DESCRIPTION = (
+        "Test only. Output node that accepts any value (MODEL, CLIP, CONDITIONING, ...) and keeps it "
+        "in this process as CAPTURED[key], so a graph whose interesting result is not a latent or an "
+        "image still has an output and still runs. Reports the value's Python type in the UI output."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "keep"
     OUTPUT_NODE = True
@@ -236,10 +315,12 @@ class DEADiffTest_Keep:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "value": (ANY, {"tooltip": "Any value; kept as it is (tensors are cloned to the CPU)."}),
-            "key": ("STRING", {"default": "value", "tooltip": "Name to store it under in CAPTURED."}),
-        }}
+        return {
+            "required": {
+                "value": (ANY, {"tooltip": "Any value; kept as it is (tensors are cloned to the CPU)."}),
+                "key": ("STRING", {"default": "value", "tooltip": "Name to store it under in CAPTURED."}),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):

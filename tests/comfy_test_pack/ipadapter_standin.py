@@ -19,6 +19,7 @@ Options beyond that, for tests: `key_form` "three-part" registers under (block, 
 limits it to some sites; `manage_weights` gives the patch a `models()` returning a ModelPatcher of
 its projections, as packs whose weights load with the UNet do.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,11 +57,13 @@ def standin_weights(seed: int, widths: dict) -> dict:
     (1, TOKENS, context width). Deterministic in `seed` (drawn on the CPU in float32)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     context = next(iter(widths.values()))[1]
-    weights = {"cond": torch.randn(1, TOKENS, context, generator=gen),
-               "uncond": torch.randn(1, TOKENS, context, generator=gen)}
+    weights = {
+        "cond": torch.randn(1, TOKENS, context, generator=gen),
+        "uncond": torch.randn(1, TOKENS, context, generator=gen),
+    }
     for _, _, ldm in site_order():
         inner, ctx = widths[ldm]
-        weights[ldm] = tuple(torch.randn(inner, ctx, generator=gen) / ctx ** 0.5 for _ in range(2))
+        weights[ldm] = tuple(torch.randn(inner, ctx, generator=gen) / ctx**0.5 for _ in range(2))
     return weights
 
 
@@ -77,8 +80,9 @@ class StandInProjections(torch.nn.Module):
                 self.to_kvs[f"{number * 2 + 1}_to_{name}_ip"] = layer
 
 
-def standin_attention(out, q, k, v, extra_options, module_key="", projections=None, weight=1.0, cond=None,
-                      uncond=None, **_):
+def standin_attention(
+    out, q, k, v, extra_options, module_key="", projections=None, weight=1.0, cond=None, uncond=None, **_
+):
     """One entry's added term: weight * attention(q, to_k_ip(E), to_v_ip(E)), E per chunk."""
     cond_or_uncond = extra_options["cond_or_uncond"]
     per_chunk = q.shape[0] // len(cond_or_uncond)
@@ -135,8 +139,10 @@ def register(model, patch_kwargs: dict, key: tuple, patch_class) -> None:
 
 
 class DEADiffTest_IPAdapterStandIn:
-    DESCRIPTION = ("Test only. Applies a stand-in of IPAdapter_plus's SD1.5 attn2 patch (random per-site to_k_ip / "
-                   "to_v_ip and image tokens from the seed), registered the way that pack registers it.")
+    DESCRIPTION = (
+        "Test only. Applies a stand-in of IPAdapter_plus's SD1.5 attn2 patch (random per-site to_k_ip / "
+        "to_v_ip and image tokens from the seed), registered the way that pack registers it."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
     RETURN_TYPES = ("MODEL",)
@@ -144,20 +150,45 @@ class DEADiffTest_IPAdapterStandIn:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "A tiny SD1.5 MODEL."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed of its weights and tokens."}),
-            "weight": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Its weight."}),
-            "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Start, 0..1."}),
-            "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "End, 0..1."}),
-        }, "optional": {
-            "key_form": (["two-part", "three-part"], {"tooltip": "two-part: IPAdapter_plus's SD1.5 keys; three-part: "
-                                                                 "(block, id, 0), the key DEADiff uses."}),
-            "sites": ("STRING", {"default": "all", "tooltip": "all, or site names (input_1, middle_0, output_9) "
-                                                             "separated by commas: patch only those."}),
-            "manage_weights": ("BOOLEAN", {"default": False, "tooltip": "Give the patch a models() that hands ComfyUI "
-                                                                        "a ModelPatcher of its projections."}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A tiny SD1.5 MODEL."}),
+                "seed": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed of its weights and tokens."},
+                ),
+                "weight": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Its weight."}),
+                "start_at": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Start, 0..1."},
+                ),
+                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "End, 0..1."}),
+            },
+            "optional": {
+                "key_form": (
+                    ["two-part", "three-part"],
+                    {
+                        "tooltip": "two-part: IPAdapter_plus's SD1.5 keys; three-part: "
+                        "(block, id, 0), the key DEADiff uses."
+                    },
+                ),
+                "sites": (
+                    "STRING",
+                    {
+                        "default": "all",
+                        "tooltip": "all, or site names (input_1, middle_0, output_9) "
+                        "separated by commas: patch only those.",
+                    },
+                ),
+                "manage_weights": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Give the patch a models() that hands ComfyUI a ModelPatcher of its projections.",
+                    },
+                ),
+            },
+        }
 
     def apply(self, model, seed, weight, start_at, end_at, key_form="two-part", sites="all", manage_weights=False):
         wanted = None if sites.strip() == "all" else {s.strip() for s in sites.split(",") if s.strip()}
@@ -165,14 +196,19 @@ class DEADiffTest_IPAdapterStandIn:
         weights = standin_weights(seed, site_widths(model))
         projections = StandInProjections(weights)
         sampling = model.get_model_object("model_sampling")
-        kwargs = {"projections": projections, "weight": float(weight), "cond": weights["cond"],
-                  "uncond": weights["uncond"],
-                  "sigma_start": float(sampling.percent_to_sigma(start_at)),
-                  "sigma_end": float(sampling.percent_to_sigma(end_at))}
+        kwargs = {
+            "projections": projections,
+            "weight": float(weight),
+            "cond": weights["cond"],
+            "uncond": weights["uncond"],
+            "sigma_start": float(sampling.percent_to_sigma(start_at)),
+            "sigma_end": float(sampling.percent_to_sigma(end_at)),
+        }
         patch_class = StandInAttn2Replace
         if manage_weights:
-            kwargs["patcher"] = comfy.model_patcher.ModelPatcher(projections, load_device=mm.get_torch_device(),
-                                                                 offload_device=mm.unet_offload_device())
+            kwargs["patcher"] = comfy.model_patcher.ModelPatcher(
+                projections, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+            )
             patch_class = StandInWithModels
         for number, (block, name, _) in enumerate(site_order()):
             if wanted is not None and name not in wanted:

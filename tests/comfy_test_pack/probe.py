@@ -3,6 +3,7 @@
 It runs plain Euler steps and stores (sigma, x, denoised) per step in PROBES[key], so a test can
 recompute the same predictions with an independent reference and compare.
 """
+
 from __future__ import annotations
 
 import comfy.samplers
@@ -34,7 +35,11 @@ class DEADiffTest_ProbeSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"key": ("STRING", {"default": "probe", "tooltip": "Name under which PROBES stores the steps."})}}
+        return {
+            "required": {
+                "key": ("STRING", {"default": "probe", "tooltip": "Name under which PROBES stores the steps."})
+            }
+        }
 
     def get(self, key):
         return (comfy.samplers.KSAMPLER(_probe_sampler, extra_options={"key": key}),)

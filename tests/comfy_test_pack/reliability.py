@@ -7,6 +7,7 @@
 - DEADiffTest_SaveLatentFile: writes a LATENT's samples bit-exactly to the output folder
   (.safetensors), so results from two server processes can be compared with torch.equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ CATEGORY = "DEADiff/testing"
 
 
 class DEADiffTest_MaskFromSeed:
-    DESCRIPTION = ("Test only. A random MASK batch (B, H, W) with values uniform in low..high (any range, "
-                   "negative or above 1 included) and a fraction of NaN values, the same for the same inputs.")
+    DESCRIPTION = (
+        "Test only. A random MASK batch (B, H, W) with values uniform in low..high (any range, "
+        "negative or above 1 included) and a fraction of NaN values, the same for the same inputs."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = ("MASK",)
@@ -31,19 +34,32 @@ class DEADiffTest_MaskFromSeed:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Random seed."}),
-            "width": ("INT", {"default": 64, "min": 1, "max": 8192, "tooltip": "Width in pixels."}),
-            "height": ("INT", {"default": 64, "min": 1, "max": 8192, "tooltip": "Height in pixels."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of masks."}),
-            "low": ("FLOAT", {"default": 0.0, "min": -1e6, "max": 1e6, "step": 0.01, "tooltip": "Smallest value."}),
-            "high": ("FLOAT", {"default": 1.0, "min": -1e6, "max": 1e6, "step": 0.01, "tooltip": "Largest value."}),
-            "nan_fraction": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Share of the values replaced by NaN."}),
-        }, "optional": {
-            "sanitised": ("BOOLEAN", {"default": False,
-                                      "tooltip": "Return the same mask with NaN as 0 and values clamped to 0..1."}),
-        }}
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Random seed."}),
+                "width": ("INT", {"default": 64, "min": 1, "max": 8192, "tooltip": "Width in pixels."}),
+                "height": ("INT", {"default": 64, "min": 1, "max": 8192, "tooltip": "Height in pixels."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Number of masks."}),
+                "low": ("FLOAT", {"default": 0.0, "min": -1e6, "max": 1e6, "step": 0.01, "tooltip": "Smallest value."}),
+                "high": ("FLOAT", {"default": 1.0, "min": -1e6, "max": 1e6, "step": 0.01, "tooltip": "Largest value."}),
+                "nan_fraction": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Share of the values replaced by NaN.",
+                    },
+                ),
+            },
+            "optional": {
+                "sanitised": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Return the same mask with NaN as 0 and values clamped to 0..1."},
+                ),
+            },
+        }
 
     def make(self, seed, width, height, batch_size, low, high, nan_fraction, sanitised=False):
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -74,19 +90,30 @@ def _gated_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 
 class DEADiffTest_GatedSampler:
-    DESCRIPTION = ("Test only: an Euler SAMPLER that writes `marker` after its first step, then keeps calling the "
-                   "model (for at most hold_seconds) until the prompt is interrupted.")
+    DESCRIPTION = (
+        "Test only: an Euler SAMPLER that writes `marker` after its first step, then keeps calling the "
+        "model (for at most hold_seconds) until the prompt is interrupted."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "marker": ("STRING", {"default": "", "tooltip": "File written once sampling is under way."}),
-            "hold_seconds": ("FLOAT", {"default": 60.0, "min": 0.0, "max": 600.0,
-                                       "tooltip": "How long to wait for the interrupt before finishing normally."}),
-        }}
+        return {
+            "required": {
+                "marker": ("STRING", {"default": "", "tooltip": "File written once sampling is under way."}),
+                "hold_seconds": (
+                    "FLOAT",
+                    {
+                        "default": 60.0,
+                        "min": 0.0,
+                        "max": 600.0,
+                        "tooltip": "How long to wait for the interrupt before finishing normally.",
+                    },
+                ),
+            }
+        }
 
     def get(self, marker, hold_seconds):
         return (comfy.samplers.KSAMPLER(_gated_euler, extra_options={"marker": marker, "hold_seconds": hold_seconds}),)
@@ -101,11 +128,15 @@ class DEADiffTest_SaveLatentFile:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "samples": ("LATENT", {"tooltip": "The latent to write."}),
-            "filename": ("STRING", {"default": "latent.safetensors",
-                                    "tooltip": "Plain file name in the output folder."}),
-        }}
+        return {
+            "required": {
+                "samples": ("LATENT", {"tooltip": "The latent to write."}),
+                "filename": (
+                    "STRING",
+                    {"default": "latent.safetensors", "tooltip": "Plain file name in the output folder."},
+                ),
+            }
+        }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):

@@ -8,6 +8,7 @@ transformer_options["ad_params"] = {"full_length": whole batch, "context_length"
 fuses the windows' predictions (here: a plain average where windows overlap). This stand-in does
 that around ComfyUI's cond-batch computation, a wrapper ComfyUI offers for it.
 """
+
 from __future__ import annotations
 
 import comfy.patcher_extension
@@ -47,14 +48,19 @@ class SlidingContext:
     def _options(self, model_options, full, idxs):
         options = dict(model_options)
         options["transformer_options"] = dict(options.get("transformer_options", {}))
-        options["transformer_options"]["ad_params"] = {"full_length": full, "context_length": self.context_length,
-                                                       "sub_idxs": idxs}
+        options["transformer_options"]["ad_params"] = {
+            "full_length": full,
+            "context_length": self.context_length,
+            "sub_idxs": idxs,
+        }
         return options
 
 
 class DEADiffTest_SlidingContext:
-    DESCRIPTION = ("Test only. Samples the latent batch in sliding windows the way AnimateDiff-Evolved does, "
-                   "exposing transformer_options['ad_params'] (full_length, context_length, sub_idxs).")
+    DESCRIPTION = (
+        "Test only. Samples the latent batch in sliding windows the way AnimateDiff-Evolved does, "
+        "exposing transformer_options['ad_params'] (full_length, context_length, sub_idxs)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
     RETURN_TYPES = ("MODEL",)
@@ -62,16 +68,22 @@ class DEADiffTest_SlidingContext:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "Any MODEL."}),
-            "context_length": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Latents per window."}),
-            "overlap": ("INT", {"default": 2, "min": 0, "max": 255, "tooltip": "Latents shared by neighbouring windows."}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "Any MODEL."}),
+                "context_length": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Latents per window."}),
+                "overlap": (
+                    "INT",
+                    {"default": 2, "min": 0, "max": 255, "tooltip": "Latents shared by neighbouring windows."},
+                ),
+            }
+        }
 
     def apply(self, model, context_length, overlap):
         model = model.clone()
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
-                                   SlidingContext(context_length, overlap))
+        model.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, SlidingContext(context_length, overlap)
+        )
         return (model,)
 
 
@@ -81,14 +93,16 @@ NODE_DISPLAY_NAME_MAPPINGS = {"DEADiffTest_SlidingContext": "Sliding Context, An
 
 # ---------------------------------------------------------------- ComfyUI's own context windows over a batch
 
+
 def core_windows_handle_batches() -> bool:
     """Whether this ComfyUI's context-window handler can window the batch dimension. ComfyUI 0.3.75's
     finds the current step by comparing the whole per-latent timestep with the schedule, which fails
     for a batch of more than one latent; later versions compare its first value."""
     import comfy.context_windows as cw
 
-    handler = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
-                                         cw.get_matching_fuse_method("pyramid"), context_length=1)
+    handler = cw.IndexListContextHandler(
+        cw.get_matching_context_schedule("standard_static"), cw.get_matching_fuse_method("pyramid"), context_length=1
+    )
     try:
         handler.set_step(torch.ones(2), {"transformer_options": {"sample_sigmas": torch.ones(3)}})
     except RuntimeError:
@@ -97,9 +111,11 @@ def core_windows_handle_batches() -> bool:
 
 
 class DEADiffTest_BatchContextWindows:
-    DESCRIPTION = ("Test only. What ComfyUI's Context Windows (Manual) node does (dim 0, standard_static, pyramid), "
-                   "for a ComfyUI whose handler cannot window a batch: ComfyUI's own IndexListContextHandler with "
-                   "only its step lookup done as later ComfyUI versions do it (the first timestep of the batch).")
+    DESCRIPTION = (
+        "Test only. What ComfyUI's Context Windows (Manual) node does (dim 0, standard_static, pyramid), "
+        "for a ComfyUI whose handler cannot window a batch: ComfyUI's own IndexListContextHandler with "
+        "only its step lookup done as later ComfyUI versions do it (the first timestep of the batch)."
+    )
     CATEGORY = CATEGORY
     FUNCTION = "apply"
     RETURN_TYPES = ("MODEL",)
@@ -107,11 +123,13 @@ class DEADiffTest_BatchContextWindows:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "Any MODEL."}),
-            "context_length": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Latents per window."}),
-            "context_overlap": ("INT", {"default": 4, "min": 0, "max": 255, "tooltip": "Overlap of windows."}),
-        }}
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "Any MODEL."}),
+                "context_length": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Latents per window."}),
+                "context_overlap": ("INT", {"default": 4, "min": 0, "max": 255, "tooltip": "Overlap of windows."}),
+            }
+        }
 
     def apply(self, model, context_length, context_overlap):
         import comfy.context_windows as cw
@@ -124,7 +142,10 @@ class DEADiffTest_BatchContextWindows:
         model.model_options["context_handler"] = Handler(
             cw.get_matching_context_schedule(cw.ContextSchedules.STATIC_STANDARD),
             cw.get_matching_fuse_method(cw.ContextFuseMethods.PYRAMID),
-            context_length=context_length, context_overlap=context_overlap, dim=0)
+            context_length=context_length,
+            context_overlap=context_overlap,
+            dim=0,
+        )
         cw.create_prepare_sampling_wrapper(model)
         return (model,)
 

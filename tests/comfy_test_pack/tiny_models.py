@@ -15,6 +15,7 @@ ComfyUI's layers (`comfy.ops.disable_weight_init`, `manual_cast`) skip weight in
 with `torch.empty`, so every parameter is filled explicitly from a `torch.Generator` seeded with the
 caller's seed: the same seed gives bit-identical weights on any device.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,12 +48,14 @@ _CACHE_LOCK = threading.RLock()
 # deterministic init
 # --------------------------------------------------------------------------------------------------
 
+
 def _is_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or "norm" in type(module).__name__.lower()
 
 
-def init_parameters_(module: torch.nn.Module, seed: int, gain: float = 1.0, bias_std: float = 0.02,
-                     embedding_std: float = 1.0, skip=()) -> torch.nn.Module:
+def init_parameters_(
+    module: torch.nn.Module, seed: int, gain: float = 1.0, bias_std: float = 0.02, embedding_std: float = 1.0, skip=()
+) -> torch.nn.Module:
     """Fill every parameter of `module` deterministically from `seed` (in place; returns `module`).
 
     Norm layers: weight 1, bias 0. Embeddings: N(0, embedding_std). Other weights (Linear, Conv):
@@ -106,7 +109,9 @@ def _check_dims(context_dim: int, model_channels: int):
     if model_channels < 32 or model_channels % 32:
         raise ValueError(f"model_channels must be a multiple of 32 (GroupNorm(32, ...)); got {model_channels}")
     if context_dim < 8 or context_dim % 8:
-        raise ValueError(f"context_dim must be a multiple of 8 (split over the text encoder's heads); got {context_dim}")
+        raise ValueError(
+            f"context_dim must be a multiple of 8 (split over the text encoder's heads); got {context_dim}"
+        )
 
 
 def _operations():
@@ -117,30 +122,46 @@ def _operations():
 # SD1.5
 # --------------------------------------------------------------------------------------------------
 
+
 def sd15_unet_config(context_dim: int = 64, model_channels: int = 32) -> dict:
     """The unet_config ComfyUI's model detection produces for SD1.5, with small widths."""
     return {
-        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-        "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": model_channels,
-        "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-        "context_dim": context_dim, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "use_temporal_attention": False, "use_temporal_resblock": False,
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": model_channels,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": context_dim,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
     }
 
 
 def _model_patcher(model_config, seed: int) -> comfy.model_patcher.ModelPatcher:
     """What comfy.sd.load_state_dict_guess_config does after detection, minus loading weights."""
-    model_config.set_inference_dtype(WEIGHT_DTYPE, mm.unet_manual_cast(WEIGHT_DTYPE, mm.get_torch_device(),
-                                                                       model_config.supported_inference_dtypes))
+    model_config.set_inference_dtype(
+        WEIGHT_DTYPE, mm.unet_manual_cast(WEIGHT_DTYPE, mm.get_torch_device(), model_config.supported_inference_dtypes)
+    )
     model = model_config.get_model({}, "", device=mm.unet_offload_device())
     init_parameters_(model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
-def build_sd15_model(seed: int = 0, context_dim: int = 64, model_channels: int = 32) -> comfy.model_patcher.ModelPatcher:
+def build_sd15_model(
+    seed: int = 0, context_dim: int = 64, model_channels: int = 32
+) -> comfy.model_patcher.ModelPatcher:
     """A fresh (uncached) tiny SD1.5 MODEL."""
     _check_dims(context_dim, model_channels)
     model_config = comfy.supported_models.SD15(sd15_unet_config(context_dim, model_channels))
@@ -149,8 +170,13 @@ def build_sd15_model(seed: int = 0, context_dim: int = 64, model_channels: int =
 
 def clip_text_config(context_dim: int = 64) -> dict:
     """CLIP-L text config (ComfyUI's sd1_clip_config.json) scaled down to hidden size `context_dim`."""
-    return {"hidden_size": context_dim, "intermediate_size": 2 * context_dim, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "projection_dim": context_dim}
+    return {
+        "hidden_size": context_dim,
+        "intermediate_size": 2 * context_dim,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": context_dim,
+    }
 
 
 def build_sd15_clip(seed: int = 0, context_dim: int = 64) -> comfy.sd.CLIP:
@@ -207,30 +233,49 @@ def tiny_sd15(seed: int = 0, context_dim: int = 64, model_channels: int = 32):
 
     Callers that hand them to a graph should clone MODEL and CLIP (the node does)."""
     key = ("sd15", int(seed), int(context_dim), int(model_channels))
-    return _cached(key, lambda: (build_sd15_model(seed, context_dim, model_channels),
-                                 build_sd15_clip(seed, context_dim),
-                                 build_sd15_vae(seed)))
+    return _cached(
+        key,
+        lambda: (
+            build_sd15_model(seed, context_dim, model_channels),
+            build_sd15_clip(seed, context_dim),
+            build_sd15_vae(seed),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # SDXL
 # --------------------------------------------------------------------------------------------------
 
+
 def sdxl_unet_config(context_dim: int = 64, model_channels: int = 32) -> dict:
     """SDXL's unet_config (model_detection's SDXL dict) scaled down: 3 levels, transformer depth
     [0, 0, 1, 1, 2, 2] / middle 2, linear projections, adm = pooled (context_dim) + 6 * 256."""
     return {
-        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-        "legacy": False, "num_classes": "sequential", "adm_in_channels": context_dim + 6 * 256,
-        "in_channels": 4, "model_channels": model_channels, "num_res_blocks": [2, 2, 2],
-        "transformer_depth": [0, 0, 1, 1, 2, 2], "channel_mult": [1, 2, 4], "transformer_depth_middle": 2,
-        "use_linear_in_transformer": True, "context_dim": context_dim,
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": context_dim + 6 * 256,
+        "in_channels": 4,
+        "model_channels": model_channels,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 1, 1, 2, 2],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 2,
+        "use_linear_in_transformer": True,
+        "context_dim": context_dim,
         "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-        "use_temporal_attention": False, "use_temporal_resblock": False,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
     }
 
 
-def build_sdxl_model(seed: int = 0, context_dim: int = 64, model_channels: int = 32) -> comfy.model_patcher.ModelPatcher:
+def build_sdxl_model(
+    seed: int = 0, context_dim: int = 64, model_channels: int = 32
+) -> comfy.model_patcher.ModelPatcher:
     """A fresh tiny SDXL MODEL (model_config is comfy.supported_models.SDXL, model is model_base.SDXL)."""
     _check_dims(context_dim, model_channels)
     model_config = comfy.supported_models.SDXL(sdxl_unet_config(context_dim, model_channels))
@@ -249,6 +294,7 @@ def tiny_sdxl(seed: int = 0, context_dim: int = 64, model_channels: int = 32) ->
 # ControlNet
 # --------------------------------------------------------------------------------------------------
 
+
 def build_controlnet(seed: int = 0, context_dim: int = 64, model_channels: int = 32) -> comfy.controlnet.ControlNet:
     """A fresh tiny ControlNet for the tiny SD1.5 UNet, set up the way
     comfy.controlnet.load_controlnet_state_dict sets up an LDM-format one. The zero convs are random
@@ -260,8 +306,11 @@ def build_controlnet(seed: int = 0, context_dim: int = 64, model_channels: int =
     control_model = comfy.cldm.cldm.ControlNet(**config)
     init_parameters_(control_model, seed + 3)
     control_model.eval()
-    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(),
-                                       manual_cast_dtype=mm.unet_manual_cast(WEIGHT_DTYPE, mm.get_torch_device()))
+    return comfy.controlnet.ControlNet(
+        control_model,
+        load_device=mm.get_torch_device(),
+        manual_cast_dtype=mm.unet_manual_cast(WEIGHT_DTYPE, mm.get_torch_device()),
+    )
 
 
 def tiny_controlnet(seed: int = 0, context_dim: int = 64, model_channels: int = 32) -> comfy.controlnet.ControlNet:
@@ -277,8 +326,9 @@ ATTN2_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_CONV = "down_blocks.0.resnets.0.conv1"  # = input_blocks.1.0.in_layers.2, a 3x3 conv
 
 
-def tiny_lora_state_dict(seed: int = 0, context_dim: int = 64, model_channels: int = 32, rank: int = 4,
-                         strength_scale: float = 0.5) -> dict:
+def tiny_lora_state_dict(
+    seed: int = 0, context_dim: int = 64, model_channels: int = 32, rank: int = 4, strength_scale: float = 0.5
+) -> dict:
     """Kohya-format LoRA tensors for the tiny SD1.5 UNet.
 
     Targets every attn2 to_q/to_k/to_v/to_out.0 (16 sites) and one 3x3 conv (`LORA_CONV`), keyed
@@ -287,11 +337,15 @@ def tiny_lora_state_dict(seed: int = 0, context_dim: int = 64, model_channels: i
     layer's output moves by about `strength_scale` times the size of its original output."""
     _check_dims(context_dim, model_channels)
     config = comfy.supported_models.SD15(sd15_unet_config(context_dim, model_channels)).unet_config
-    diffusers_map = comfy.utils.unet_to_diffusers(config)   # diffusers name -> LDM name
+    diffusers_map = comfy.utils.unet_to_diffusers(config)  # diffusers name -> LDM name
     shapes = {k: tuple(v.shape) for k, v in _unet_weight_shapes(context_dim, model_channels).items()}
-    targets = sorted(k[:-len(".weight")] for k in diffusers_map
-                     if k.endswith(".weight") and ".attn2." in k
-                     and k[:-len(".weight")].rsplit(".attn2.", 1)[1] in ATTN2_PROJECTIONS)
+    targets = sorted(
+        k[: -len(".weight")]
+        for k in diffusers_map
+        if k.endswith(".weight")
+        and ".attn2." in k
+        and k[: -len(".weight")].rsplit(".attn2.", 1)[1] in ATTN2_PROJECTIONS
+    )
     targets.append(LORA_CONV)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1000)
     out = {}
@@ -301,7 +355,9 @@ def tiny_lora_state_dict(seed: int = 0, context_dim: int = 64, model_channels: i
         out_features, in_shape = shape[0], shape[1:]
         fan_in = math.prod(in_shape)
         down = torch.randn((rank, *in_shape), generator=gen) / math.sqrt(fan_in)
-        up = torch.randn((out_features, rank) + (1,) * (len(shape) - 2), generator=gen) * (strength_scale / math.sqrt(rank))
+        up = torch.randn((out_features, rank) + (1,) * (len(shape) - 2), generator=gen) * (
+            strength_scale / math.sqrt(rank)
+        )
         key = "lora_unet_" + name.replace(".", "_")
         out[f"{key}.lora_down.weight"] = down.contiguous()
         out[f"{key}.lora_up.weight"] = up.contiguous()
@@ -313,19 +369,23 @@ def _unet_weight_shapes(context_dim: int, model_channels: int) -> dict:
     """LDM key -> parameter (shape only; built on the meta device, no memory, no init)."""
     config = comfy.supported_models.SD15(sd15_unet_config(context_dim, model_channels)).unet_config
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
     with torch.device("meta"):
         unet = UNetModel(**config, operations=comfy.ops.disable_weight_init)
     return dict(unet.state_dict())
 
 
-def write_tiny_lora(path, seed: int = 0, context_dim: int = 64, model_channels: int = 32, rank: int = 4,
-                    strength_scale: float = 0.5) -> str:
+def write_tiny_lora(
+    path, seed: int = 0, context_dim: int = 64, model_channels: int = 32, rank: int = 4, strength_scale: float = 0.5
+) -> str:
     """Write `tiny_lora_state_dict(...)` to `path` (.safetensors) and return the path as a string.
 
     Put it in ComfyUI's `models/loras` to load it with the core LoraLoader/LoraLoaderModelOnly."""
-    comfy.utils.save_torch_file(tiny_lora_state_dict(seed, context_dim, model_channels, rank, strength_scale),
-                                str(path), metadata={"ss_network_module": "networks.lora",
-                                                     "deadiff_test": "tiny random lora"})
+    comfy.utils.save_torch_file(
+        tiny_lora_state_dict(seed, context_dim, model_channels, rank, strength_scale),
+        str(path),
+        metadata={"ss_network_module": "networks.lora", "deadiff_test": "tiny random lora"},
+    )
     return str(path)
 
 
@@ -333,7 +393,10 @@ def write_tiny_lora(path, seed: int = 0, context_dim: int = 64, model_channels: 
 # images
 # --------------------------------------------------------------------------------------------------
 
-def image_from_seed(seed: int = 0, width: int = 64, height: int = 64, batch_size: int = 1, channels: int = 3) -> torch.Tensor:
+
+def image_from_seed(
+    seed: int = 0, width: int = 64, height: int = 64, batch_size: int = 1, channels: int = 3
+) -> torch.Tensor:
     """A smooth random image batch in [0, 1], ComfyUI layout (B, H, W, C), float32 on the CPU."""
     if channels not in (1, 3, 4):
         raise ValueError(f"channels must be 1, 3 or 4; got {channels}")
