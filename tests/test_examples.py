@@ -5,7 +5,8 @@ ComfyUI's node definitions (tests/ui_to_api.py, over deadiff_runner/workflow_api
 ComfyUI's own `validate_prompt` with its ORIGINAL values (official settings, the real file names:
 a tiny DEADiff file is written as `deadiff_v1.ckpt`, and the SD1.5 checkpoint and the ControlNet are
 name-only placeholders that are never loaded), then run end to end with the checkpoint and ControlNet
-swapped for the test pack's tiny models, at 64x64 and 2 steps. Every DEADiff Apply node in an example must change its picture.
+swapped for the test pack's tiny models, at 64x64 and 2 steps. Every DEADiff Apply node in an example
+must change its picture.
 
 The saved-style pair works as a user runs it: the tokens file deadiff_load_saved_style names is the
 one deadiff_saved_style writes, made by running that example in the same ComfyUI with the same
