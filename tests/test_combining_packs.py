@@ -392,7 +392,7 @@ def test_upstream_models_stay_unchanged(comfy, deadiff_name):
     tiny, clip, _ = call_node(comfy, "DEADiffTest_TinySD15", seed=0)
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=3, width=64, height=64, batch_size=1, channels=3)[0]
-    (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
+    style, _preview = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
 
     def standin(model):
         return call_node(

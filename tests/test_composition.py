@@ -141,7 +141,7 @@ def ksample(comfy, model, steps=2):
 def deadiff_on(comfy, deadiff_name, model):
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=9, width=64, height=64, batch_size=1, channels=3)[0]
-    (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
+    style, _preview = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=image)
     return call_node(
         comfy,
         "DEADiffApply",
@@ -269,8 +269,8 @@ def test_tokens_from_a_deadiff_file_of_other_dimensions_are_refused(comfy, deadi
     (wide_deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=wide)
     (deadiff,) = call_node(comfy, "DEADiffModelLoader", deadiff_name=deadiff_name)
     image = call_node(comfy, "DEADiffTest_ImageFromSeed", seed=1, width=64, height=64, batch_size=1, channels=3)[0]
-    (wide_style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=wide_deadiff, image=image)
-    (content,) = call_node(comfy, "DEADiffContentEncoder", deadiff=deadiff, image=image)
+    wide_style, _preview = call_node(comfy, "DEADiffStyleEncoder", deadiff=wide_deadiff, image=image)
+    content, _preview = call_node(comfy, "DEADiffContentEncoder", deadiff=deadiff, image=image)
     model = call_node(comfy, "DEADiffTest_TinySD15", seed=0)[0]
     with pytest.raises(ValueError, match="These style tokens are 128 wide but tiny_composition.ckpt expects 64"):
         call_node(

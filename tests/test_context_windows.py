@@ -212,8 +212,10 @@ def per_latent_patch(comfy, deadiff_name, official_sd):
     (images,) = call_node(
         comfy, "DEADiffTest_ImageFromSeed", seed=30, width=32, height=32, batch_size=LATENTS, channels=3
     )
-    (style,) = call_node(comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images, batch_mode="one per latent")
-    (negative,) = call_node(
+    style, _preview = call_node(
+        comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images, batch_mode="one per latent"
+    )
+    negative, _preview = call_node(
         comfy, "DEADiffStyleEncoder", deadiff=deadiff, image=images.flip(0), batch_mode="one per latent"
     )
     masks = torch.rand(LATENTS, 3, 4, generator=torch.Generator().manual_seed(2))

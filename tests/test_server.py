@@ -20,6 +20,7 @@ PACK_NODES = {
     "DEADiffLoadStyle": "DEADiff Load Style",
     "DEADiffLoadContent": "DEADiff Load Content",
     "DEADiffRouting": "DEADiff Layer Routing",
+    "DEADiffDownloadModel": "(Down)load DEADiff Model",
 }
 
 
@@ -41,7 +42,7 @@ def test_object_info_lists_the_nodes_with_tooltips(server_with_weights):
             for name, spec in node["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     loader_input = info["DEADiffModelLoader"]["input"]["required"]["deadiff_name"]
-    assert "deadiff_v1.ckpt" in loader_input[0]
+    assert loader_input[0] == "COMBO" and "deadiff_v1.ckpt" in loader_input[1]["options"]
     apply = info["DEADiffApply"]["input"]
     assert list(apply["required"]) == ["model", "deadiff", "style_weight", "content_weight", "start_at", "end_at"]
     assert list(apply["optional"]) == ["style", "content", "attn_mask", "negative_style", "negative_content", "routing"]

@@ -141,7 +141,7 @@ def test_full_mask_equals_no_mask_and_patch_is_shared_by_clones(patched, officia
 def test_mask_keeps_image_tokens_inside_it(comfy, patched, official_sd):
     """Queries where the mask is 0 attend to the text alone; where it is 1, to text and image tokens;
     in between, the image tokens' attention weights are scaled by the mask value."""
-    apply = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffApply"]()
+    apply = comfy.nodes.NODE_CLASS_MAPPINGS["DEADiffApply"]
     h, w = 4, 6
     mask = torch.zeros(1, h, w)
     mask[:, :, 3:] = 1.0
@@ -149,7 +149,7 @@ def test_mask_keeps_image_tokens_inside_it(comfy, patched, official_sd):
     deadiff = site_patch(patched["model"], ("input", 1)).contributions[0].deadiff
     tokens = comfy.module("DEADiffStyleEncoder")
     style = tokens.encode(deadiff, torch.rand(1, 32, 32, 3), "style")
-    (model,) = apply.apply(patched["model"].clone(), deadiff, 1.0, 1.0, 0.0, 1.0, style=style, attn_mask=mask)
+    (model,) = apply.execute(patched["model"].clone(), deadiff, 1.0, 1.0, 0.0, 1.0, style=style, attn_mask=mask)
     patch = site_patch(model, ("input", 1))
     assert len(patch.contributions) == 2, "the second Apply composes with the first"
     ckpt = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2."
