@@ -10,7 +10,7 @@ the model loads every time; the batch pays them once and ComfyUI's cache serves 
 later jobs. Printed: wall time per picture for each side and their ratio (measured in the same run),
 and a single run's boot + load cost (its wall time minus the batch's per-picture time after the
 first). With tiny models the sampling is nearly free, so the ratio shows the fixed cost a batch
-saves; with real weights the load (a 9 GB file, or the 1.2 GB compact one) is a larger share.
+saves; with real weights the load (a 9 GB file, or the 1.43 GB compact one) is a larger share.
 """
 
 from __future__ import annotations
