@@ -4,7 +4,7 @@ A pickle reaches a callable only by naming a global (`module.name`): the GLOBAL,
 opcodes name one, and the EXT codes look one up in a per-process registry. Everything else a pickle can
 do (REDUCE, BUILD with __setstate__, NEWOBJ, OBJ, persistent ids) only calls objects it got that way.
 So our unpickler asks `judge` about every global before anything is built, and no global from the file
-is ever imported or called: the allowed ones become our own inert stand-ins (see checkpoint.py).
+is ever imported or called: the allowed ones become our own inert stand-ins (see checkpoint_unpickler.py).
 
 ALLOWED holds what real DEADiff / Lightning / LDM checkpoints name, and nothing else:
 - torch's tensor records: the storage types, the rebuild functions of `torch.save`, dtypes, Size,
