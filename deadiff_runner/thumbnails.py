@@ -74,6 +74,7 @@ NAMES = {
     "DEADiffRouting": "DEADiff Layer Routing",
     "SolidMask": "SolidMask",
     "MaskComposite": "MaskComposite",
+    "PreviewImage": "Preview Image",
 }
 TITLE_HEIGHT = 30  # in graph units, as the front end draws node titles above pos
 

@@ -40,8 +40,10 @@ NAMES = (
     "deadiff_style_blend",
     "deadiff_saved_style",
     "deadiff_load_saved_style",
+    "deadiff_reference_region",
 )
 SAVED, LOAD_SAVED = "deadiff_saved_style", "deadiff_load_saved_style"
+REGION = "deadiff_reference_region"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 DEADIFF = "deadiff_v1.ckpt"
 CANNY = "control_v11p_sd15_canny.pth"
@@ -63,7 +65,7 @@ PACK_TYPES = {
     "DEADiffLoadContent",
     "DEADiffRouting",
 }
-OUTPUT_TYPES = ("SaveImage", "DEADiffSaveTokens")
+OUTPUT_TYPES = ("SaveImage", "DEADiffSaveTokens", "PreviewImage")
 TEST_SUBSTITUTES = {"CheckpointLoaderSimple": "DEADiffTest_TinySD15", "ControlNetLoader": "DEADiffTest_TinyControlNet"}
 
 
@@ -324,6 +326,19 @@ def check_structure(name: str, prompt: dict, sampler: str):
     else:
         assert "content" not in inputs  # official 'style' mode: zero tokens at the content layers
         encoder_image(prompt, apply, "style", "DEADiffStyleEncoder")
+    encoders = of_type(prompt, "DEADiffStyleEncoder") + of_type(prompt, "DEADiffContentEncoder")
+    if name == REGION:
+        (encoder,) = encoders
+        assert prompt[encoder]["inputs"]["resize_mode"] == "center crop"
+        assert prompt[encoder]["inputs"]["pad_color"] == "#808080"
+        mask = source(prompt, encoder, "reference_mask")[0]
+        assert prompt[mask]["class_type"] == "MaskComposite" and prompt[mask]["inputs"]["operation"] == "add"
+        (shown,) = of_type(prompt, "PreviewImage")
+        assert source(prompt, shown, "images") == (encoder, 1), "the Preview Image shows the encoder's preview"
+    else:  # the other examples read the reference as officially: squashed, all of it
+        for encoder in encoders:
+            assert prompt[encoder]["inputs"].get("resize_mode", "squash") == "squash"
+            assert "reference_mask" not in prompt[encoder]["inputs"]
     if name == SAVED:
         (saver,) = of_type(prompt, "DEADiffSaveTokens")
         assert source(prompt, saver, "tokens") == source(prompt, apply, "style"), "saves the tokens it applies"
@@ -442,6 +457,38 @@ def test_regional_masks_are_the_two_halves(comfy, example_files):
     assert left.shape == right.shape == (1, 512, 512)
     assert torch.equal(left[..., :256], torch.ones(1, 512, 256)) and not left[..., 256:].any()
     assert torch.equal(left + right, torch.ones(1, 512, 512)), "the halves cover the picture once"
+
+
+def test_reference_region_preview_is_the_top_half_of_the_centred_square(comfy, example_files):
+    """deadiff_reference_region on a 4:3 reference: the encoder reads the centred square (center crop), its
+    224x224 preview shows it with the top half (the mask's region) as it is and the bottom half dimmed."""
+    import torch.nn.functional as F
+
+    prompt = to_api(comfy, load(REGION))
+    (encoder,) = of_type(prompt, "DEADiffStyleEncoder")
+    (image,) = of_type(prompt, "LoadImage")
+    name = "reference_region_4x3.png"  # the black mask's 1024x768 shape, so the white one is exactly the top half
+    pixels = comfy.module("DEADiffTest_TinySD15").image_from_seed(7, 128, 96)[0]
+    Image.fromarray((pixels.numpy() * 255).round().astype("uint8")).save(comfy.base / "input" / name)
+    prompt[image]["inputs"]["image"] = name
+    wanted = {"LoadImage", "DEADiffModelLoader", "SolidMask", "MaskComposite", "DEADiffStyleEncoder"}
+    graph = {nid: node for nid, node in prompt.items() if node["class_type"] in wanted}
+    whole = copy.deepcopy(graph[encoder])  # the same encoder without the mask: the whole square
+    del whole["inputs"]["reference_mask"]
+    graph["whole"] = whole
+    for key, value in (("masked", [encoder, 1]), ("whole", ["whole", 1]), ("image", [image, 0])):
+        graph[f"keep-{key}"] = {"class_type": "DEADiffTest_Keep", "inputs": {"value": value, "key": f"region-{key}"}}
+    comfy.run(graph)
+    captured = comfy.module("DEADiffTest_TinySD15").CAPTURED
+    masked, whole, loaded = captured["region-masked"], captured["region-whole"], captured["region-image"]
+    assert masked.shape == whole.shape == (1, 224, 224, 3)
+    # the plain reference: the centred 96x96 square, resized as the official code resizes (antialiased bicubic)
+    square = loaded[:, :, 16:112].movedim(-1, 1)
+    expected = F.interpolate(square, size=(224, 224), mode="bicubic", antialias=True, align_corners=False)
+    assert torch.allclose(whole, expected.clamp(0, 1).movedim(1, -1), atol=1e-5)
+    # rows 0-111 are the region; a patch row across row 112 (32-pixel patches) is half read
+    assert torch.equal(masked[:, :96], whole[:, :96]), "the region is shown as it is"
+    assert torch.allclose(masked[:, 128:], whole[:, 128:] * 0.25, atol=1e-6), "the rest is dimmed"
 
 
 def test_loaded_style_gives_the_picture_of_the_reference_it_was_saved_from(comfy, example_files, saved_style_tokens):
