@@ -14,10 +14,18 @@ if [ -n "$front_end_root" ]; then
     export DEADIFF_FRONT_END_ROOT="$front_end_root"
 fi
 cd "$repo"
+# a temporary folder of this run's own: pytest's default one is shared by every pytest run of the user
+# and pruned to the newest three, which deletes the folders of a run still going when others start
+basetemp="$(mktemp -d "${TMPDIR:-/tmp}/deadiff-pytest-XXXXXX")"
 set +e
-"$venv/bin/python" -m pytest "$@"
+"$venv/bin/python" -m pytest --basetemp="$basetemp" "$@"
 status=$?
 set -e
+if [ "$status" -eq 0 ]; then
+    rm -rf "$basetemp"
+else
+    echo "pytest's temporary files are kept in $basetemp" >&2
+fi
 if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests: treating this as a failure" >&2
     exit 1
