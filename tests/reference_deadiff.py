@@ -102,8 +102,9 @@ def post_ln(sd, name, x, residual):
     )
 
 
-def qformer(sd, prefix, image, branch):
-    """BERT Q-Former: [queries; text] self-attention, query-only cross-attention, split feed-forward."""
+def qformer(sd, prefix, image, branch, weights=None):
+    """BERT Q-Former: [queries; text] self-attention, query-only cross-attention, split feed-forward.
+    With `weights` (B, image tokens), the cross-attention reads image token j with weight weights[b, j]."""
     b = prefix + "Qformer.bert."
     ids = torch.tensor(TEXT[branch])
     queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
@@ -125,7 +126,8 @@ def qformer(sd, prefix, image, branch):
         x = post_ln(sd, L + "attention.output", a, x)
         xq, xt = x[:, :n_q], x[:, n_q:]
         c = L + "crossattention.self."
-        a = attention(linear(sd, c + "query", xq), linear(sd, c + "key", image), linear(sd, c + "value", image), heads)
+        q, k, v = linear(sd, c + "query", xq), linear(sd, c + "key", image), linear(sd, c + "value", image)
+        a = attention(q, k, v, heads) if weights is None else weighted_attention(q, k, v, heads, weights)
         xq = post_ln(sd, L + "crossattention.output", a, xq)
         xq = post_ln(sd, L + "output_query", F.gelu(linear(sd, L + "intermediate_query.dense", xq)), xq)
         xt = post_ln(sd, L + "output", F.gelu(linear(sd, L + "intermediate.dense", xt)), xt)
@@ -211,41 +213,6 @@ def weighted_attention(q, k, v, heads, weights):
     return ((e / e.sum(dim=-1, keepdim=True)) @ v).transpose(1, 2).reshape(b, n, c)
 
 
-def qformer_weighted(sd, prefix, image, branch, weights):
-    """qformer() whose cross-attention reads image token j with weight weights[b, j]."""
-    b = prefix + "Qformer.bert."
-    ids = torch.tensor(TEXT[branch])
-    queries = sd[prefix + "query_tokens"].float().expand(image.shape[0], -1, -1)
-    n_q, hidden = queries.shape[1], queries.shape[2]
-    heads = hidden // 64
-    text = (
-        sd[b + "embeddings.word_embeddings.weight"].float()[ids]
-        + sd[b + "embeddings.position_embeddings.weight"].float()[: len(ids)]
-    )
-    x = torch.cat([queries, text.expand(image.shape[0], -1, -1)], 1)
-    x = F.layer_norm(
-        x, (hidden,), sd[b + "embeddings.LayerNorm.weight"].float(), sd[b + "embeddings.LayerNorm.bias"].float(), 1e-12
-    )
-    i = 0
-    while b + f"encoder.layer.{i}.attention.self.query.weight" in sd:
-        L = f"{b}encoder.layer.{i}."
-        s = L + "attention.self."
-        a = attention(linear(sd, s + "query", x), linear(sd, s + "key", x), linear(sd, s + "value", x), heads)
-        x = post_ln(sd, L + "attention.output", a, x)
-        xq, xt = x[:, :n_q], x[:, n_q:]
-        c = L + "crossattention.self."
-        a = weighted_attention(
-            linear(sd, c + "query", xq), linear(sd, c + "key", image), linear(sd, c + "value", image), heads, weights
-        )
-        xq = post_ln(sd, L + "crossattention.output", a, xq)
-        xq = post_ln(sd, L + "output_query", F.gelu(linear(sd, L + "intermediate_query.dense", xq)), xq)
-        xt = post_ln(sd, L + "output", F.gelu(linear(sd, L + "intermediate.dense", xt)), xt)
-        x = torch.cat([xq, xt], 1)
-        i += 1
-    return x[:, :n_q]
-
-
-@torch.no_grad()
 def encode_with_options(sd, images, branch, resize_mode="squash", pad_color=(0.5, 0.5, 0.5), mask=None):
     """encode() with a resize mode and an optional (B, H, W) reference mask at the images' size."""
     blip = f"{branch}_blip."
@@ -253,8 +220,6 @@ def encode_with_options(sd, images, branch, resize_mode="squash", pad_color=(0.5
     grid = math.isqrt(sd[blip + "visual_encoder.positional_embedding"].shape[0] - 1)
     px = (pixels_01(images, grid * patch, resize_mode, pad_color) - MEAN) / STD
     image = vision(sd, blip, px)
-    if mask is None:
-        q = qformer(sd, blip, image, branch)
-    else:
-        q = qformer_weighted(sd, blip, image, branch, patch_weights(mask, grid * patch, patch, resize_mode))
+    weights = None if mask is None else patch_weights(mask, grid * patch, patch, resize_mode)
+    q = qformer(sd, blip, image, branch, weights)
     return proj_layer(sd, f"{branch}_proj_layer.", q)
